@@ -1,0 +1,58 @@
+"""One settings class, read from ``GLAI_*`` environment variables (or a ``.env`` file).
+
+Defaults give the embedded setup: everything under ``data_dir``, SQLite for the database and kombu's
+SQLAlchemy transport over SQLite as the broker. Production sets ``GLAI_DATABASE_URL`` to PostgreSQL and
+``GLAI_BROKER_URL`` to Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLAI_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("var"), description="Uploads, artifacts, SQLite files, local key.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    broker_url: str | None = Field(default=None, description="Celery broker; default SQLite in data_dir.")
+    storage_dir: Path | None = Field(default=None, description="Artifact root; default data_dir/storage.")
+
+    max_upload_bytes: int = 512 * 1024**2
+    max_request_bytes: int = 1024**2
+    default_job_time_limit_s: int = 6 * 3600
+    max_job_time_limit_s: int = 48 * 3600
+    max_trainable_params: int = 200_000_000
+    max_hidden_layers: int = 4
+    max_hidden_width: int = 65_536
+    max_epochs: int = 1000
+
+    auth_enabled: bool = True
+    worker_lease_s: int = 60  # a job whose heartbeat is older than this is taken as lost
+    max_job_attempts: int = 3
+    heartbeat_interval_s: float = 5.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'glai.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "storage").resolve()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
