@@ -79,7 +79,9 @@ class GLAIBlock(nn.Module):
         shape = theta_shape(self.in_features, self.hidden, self.out_features)
         self.theta = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros(self.out_features))
-        self.theta_mask: Tensor | None = None  # set by unstructured pruning; 0 removes a path
+        self.theta_mask: Tensor | None
+        # A (None) buffer from the start, so set_theta_mask can register it: set by unstructured pruning.
+        self.register_buffer("theta_mask", None)
 
     def set_theta_mask(self, mask: Tensor | None) -> None:
         """Fix pruned paths at zero: the mask is a buffer, saved with the model and applied in forward."""
