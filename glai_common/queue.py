@@ -19,9 +19,13 @@ QUEUE = "glai"
 def celery_config(settings: Settings) -> dict[str, object]:
     # The broker must not redeliver a long job while it is still running: the visibility timeout
     # stays above the longest allowed job. Lost workers are detected by the database lease instead.
+    # Only transports that redeliver unacked messages take the option; kombu's SQLAlchemy transport
+    # passes its transport options to create_engine, which rejects unknown keys.
     visibility = settings.max_job_time_limit_s + 3600
+    broker_url = settings.resolved_broker_url
+    redelivering = broker_url.startswith(("redis://", "rediss://", "sentinel://", "sqs://"))
     return {
-        "broker_url": settings.resolved_broker_url,
+        "broker_url": broker_url,
         "result_backend": None,  # nothing reads Celery's result backend for truth: the database is
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -30,7 +34,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": visibility},
+        "broker_transport_options": {"visibility_timeout": visibility} if redelivering else {},
         "broker_connection_retry_on_startup": True,
         "task_track_started": False,
         "worker_hijack_root_logger": False,

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     worker_lease_s: int = 60  # a job whose heartbeat is older than this is taken as lost
     max_job_attempts: int = 3
     heartbeat_interval_s: float = 5.0
+    worker_health_file: Path | None = Field(
+        default=None, description="Touched after each reaper pass of a worker; healthchecks read its age.")
 
     @property
     def resolved_database_url(self) -> str:

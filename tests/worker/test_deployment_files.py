@@ -1,0 +1,76 @@
+"""docker-compose.yml and the Dockerfile, checked without Docker: structure and env names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from glai_common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if name.startswith("worker")}
+
+
+def test_services_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "migrate", "api"} <= set(services)
+    assert _workers(compose)
+    assert services["migrate"]["restart"] == "no"
+    assert "upgrade" in " ".join(services["migrate"]["command"])
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ["api", *_workers(compose)]:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+    assert services["api"]["command"][:2] == ["uvicorn", "api.main:app"]
+    for name in ("postgres", "redis", "api", *_workers(compose)):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_every_glai_variable_is_a_settings_field(compose: dict[str, Any]) -> None:
+    fields = set(Settings.model_fields)
+    seen: set[str] = set()
+    for name, service in compose["services"].items():
+        for key in service.get("environment") or {}:
+            if key.startswith("GLAI_"):
+                seen.add(key)
+                assert key.removeprefix("GLAI_").lower() in fields, f"{name}: {key} is not a Settings field"
+    assert {"GLAI_DATABASE_URL", "GLAI_BROKER_URL", "GLAI_DATA_DIR"} <= seen
+    env = compose["services"]["api"]["environment"]
+    assert env["GLAI_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["GLAI_BROKER_URL"].startswith("redis://")
+
+
+def test_one_worker_per_gpu(compose: dict[str, Any]) -> None:
+    device_ids: list[str] = []
+    for name, worker in _workers(compose).items():
+        command = worker["command"]
+        assert command[:4] == ["celery", "-A", "worker.celery_app", "worker"], name
+        assert command[command.index("--concurrency") + 1] == "1", name
+        assert command[command.index("-Q") + 1] == "glai", name
+        assert command[command.index("--pool") + 1] in {"solo", "prefork"}, name
+        devices = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
+        device_ids.extend(devices[0]["device_ids"])
+        assert worker["environment"]["GLAI_WORKER_HEALTH_FILE"], name
+    assert len(device_ids) == len(set(device_ids))  # no GPU shared by two workers
+
+
+def test_dockerfile_installs_torch_before_the_project() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    torch_at = text.index('pip install "$TORCH_SPEC"')
+    project_at = text.index("pip install /app")
+    assert torch_at < project_at

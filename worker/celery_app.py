@@ -1,0 +1,61 @@
+"""The worker's Celery app (``celery -A worker.celery_app worker -Q glai``).
+
+Run one worker per GPU, each seeing one device and running one job at a time::
+
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.celery_app worker -Q glai --pool solo --concurrency 1 -n gpu0@%h
+    CUDA_VISIBLE_DEVICES=1 celery -A worker.celery_app worker -Q glai --pool solo --concurrency 1 -n gpu1@%h
+
+``--pool solo`` (recommended) runs the task in the worker's own process: no fork at all, and a warm
+shutdown (SIGTERM) stops the job at its next step and hands it on. ``--pool prefork --concurrency 1``
+also works: nothing here touches CUDA or opens a database connection before the fork (torch.cuda is
+first touched inside the task; engines are disposed in the child). Late acks, prefetch 1, reject on
+worker lost and a broker visibility timeout above the longest job come from
+``glai_common.queue.celery_config``. The lease reaper (worker/reaper.py) runs as a daemon thread in the
+main process of every worker, so no separate beat process is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from glai_common.queue import QUEUE, make_celery
+from glai_common.settings import get_settings
+
+app = make_celery("glai-worker")
+app.conf.update(include=["worker.tasks"], task_default_queue=QUEUE)
+
+log = logging.getLogger(__name__)
+_reaper: Any = None
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    from worker.context import WorkerContext
+    from worker.reaper import Reaper
+
+    _reaper = Reaper(WorkerContext.from_settings(get_settings())).start()
+    log.info("lease reaper started (every %.1f s)", _reaper.interval_s)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    from worker.tasks import shutdown_requested
+
+    shutdown_requested.set()
+    if _reaper is not None:
+        _reaper.stop(timeout=1.0)
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A forked pool child must not use, nor close, the parent's database connections."""
+    from glai_common.db import get_engine
+
+    if _reaper is not None:
+        _reaper.ctx.engine.dispose(close=False)
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)

@@ -1,0 +1,118 @@
+"""Turn a stored dataset into training arrays, embedding raw text or images once per backbone.
+
+Feature data sets are canonical arrays under ``datasets/<id>/`` and are memory-mapped. Text and image
+data sets keep the raw upload (``datasets/<id>/raw.<ext>``); the first job with a backbone embeds them
+in the ``embedding`` phase and caches the features under ``features/<dataset_id>/<backbone>/`` with a
+``feature_cache`` row, so later jobs (and a resumed attempt) skip the backbone entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from glai_common.jobs import dialect_insert
+from glai_common.models import FeatureCache
+from glai_core.data import DataError, LoadedData, load_canonical
+from worker.context import WorkerContext
+from worker.hooks import DatabaseHooks
+
+EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The dataset row's fields the worker needs, detached from any session."""
+
+    id: str
+    kind: str
+    file_format: str
+    text_column: str | None
+    label_column: str | None
+    storage_key: str
+
+
+@dataclass
+class TrainingData:
+    data: LoadedData
+    preprocessing: dict[str, Any]  # backbone description for the exported model ({} for features)
+
+
+def load_training_data(ctx: WorkerContext, dataset: DatasetInfo, backbone: str | None,
+                       hooks: DatabaseHooks, device: str) -> TrainingData:
+    if dataset.kind == "features":
+        if backbone:
+            raise DataError(f"dataset {dataset.id} already holds features; a backbone applies only to "
+                            "text or image datasets", "backbone")
+        return TrainingData(load_canonical(ctx.storage.local_path(dataset.storage_key)), {})
+    if not backbone:
+        raise DataError(f"a {dataset.kind} dataset needs a backbone to turn it into features", "backbone")
+    from glai_core import backbones
+
+    description = backbones.describe(backbone)
+    expected = "text" if dataset.kind == "text" else "image"
+    if description["modality"] != expected:
+        raise DataError(f"backbone {backbone!r} reads {description['modality']}, but the dataset holds "
+                        f"{dataset.kind}", "backbone")
+    cached = _cached(ctx, dataset.id, backbone)
+    if cached is None:
+        cached = _embed(ctx, dataset, backbone, hooks, device)
+    else:
+        hooks.reporter.log(f"[embedding] reusing cached {backbone} features")
+    features = backbones.load_cached_features(cached, mmap=True)
+    data = LoadedData(x=features.features, y=features.labels, class_names=features.class_names)
+    return TrainingData(data, description)
+
+
+def _cached(ctx: WorkerContext, dataset_id: str, backbone: str) -> Path | None:
+    with ctx.session() as session:
+        key = session.scalar(select(FeatureCache.storage_key).where(FeatureCache.dataset_id == dataset_id,
+                                                                    FeatureCache.backbone == backbone))
+    if key is None:
+        return None
+    path = ctx.storage.local_path(key)
+    return path if (path / "meta.json").is_file() else None
+
+
+def _raw_file(ctx: WorkerContext, dataset: DatasetInfo) -> Path:
+    directory = ctx.storage.local_path(dataset.storage_key)
+    candidates = sorted(directory.glob("raw.*"))
+    if not candidates:
+        raise DataError(f"the raw upload of dataset {dataset.id} is missing from storage", "file")
+    return candidates[0]
+
+
+def _embed(ctx: WorkerContext, dataset: DatasetInfo, backbone: str, hooks: DatabaseHooks,
+           device: str) -> Path:
+    from glai_core import backbones, raw_data
+
+    hooks.on_phase_start(EMBEDDING)
+    path = _raw_file(ctx, dataset)
+    inputs: Any
+    if dataset.kind == "text":
+        if not dataset.text_column or not dataset.label_column:
+            raise DataError("a text dataset needs its text and label columns", "text_column")
+        raw = raw_data.load_text_table(path, dataset.file_format, dataset.text_column, dataset.label_column)
+        inputs = raw.texts
+    else:
+        raw = raw_data.load_image_zip(path, verify=False)  # verified at upload
+        inputs = raw.images
+    total = max(1, len(raw))
+
+    def on_progress(done: int, _total: int) -> None:
+        hooks.reporter.progress(done / total, None)
+
+    features = backbones.embed_raw(backbone, inputs, device=device, on_progress=on_progress,
+                                   should_stop=hooks.should_stop)
+    key = f"features/{dataset.id}/{backbone}"
+    target = ctx.storage.local_path(key)
+    backbones.cache_features(target, features, raw.labels, raw.class_names, backbones.describe(backbone))
+    with ctx.session() as session:  # a concurrent job may have cached it too: first row wins, same files
+        session.execute(dialect_insert(session)(FeatureCache.__table__).values(
+            dataset_id=dataset.id, backbone=backbone, storage_key=key, n_features=int(features.shape[1]),
+        ).on_conflict_do_nothing(index_elements=["dataset_id", "backbone"]))
+    hooks.on_phase_end(EMBEDDING, {"samples": float(len(raw)), "dim": float(features.shape[1])})
+    return target
