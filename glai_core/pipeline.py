@@ -1,0 +1,268 @@
+"""The whole GLAI job: structure, quantitative phase, pruning and the parameter-matched MLP baseline.
+
+Phases report through ``Hooks`` as structural, quantitative, pruning and baseline. With
+``hooks.checkpoint_dir`` set every phase checkpoints after each step and a rerun resumes: finished
+phases are reloaded from their marker and skipped (their ``on_phase_end`` is not repeated).
+
+Time to target: target = baseline best validation accuracy - 0.005. GLAI's clock runs over the
+structural then the quantitative phase (training wall time of each step, evaluation, gate caching and
+closed-form solves included; S after any structural epoch is already a usable model); the baseline's
+over its own epochs. The first step whose validation accuracy reaches the target gives the time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glai_core.checkpoint import PhaseState, load_checkpoint, phase_path
+from glai_core.config import BaselineConfig, PruningConfig, StructuralConfig, TrainConfig
+from glai_core.data import LoadedData, train_val_split
+from glai_core.hooks import Cancelled, Hooks
+from glai_core.metrics import GateCache, evaluate, structural_distances
+from glai_core.model import GLAIBlock, ParameterMatch, StructuralMLP, match_parameters
+from glai_core.preprocess import Standardizer
+from glai_core.prune import PruneResult, pruning_sweep
+from glai_core.solvers import quantitative_phase
+from glai_core.train import Best, DeviceSet, FitResult, FitSettings, emit, evaluate_point, fit
+
+TARGET_MARGIN = 0.005
+PRUNE_SCORE_ROWS = 4096  # training rows for the data-weighted unit scores of structured pruning
+
+
+@dataclass
+class PipelineResult:
+    match: ParameterMatch
+    standardizer: Standardizer
+    structure: StructuralMLP
+    glai: GLAIBlock
+    pruned: list[PruneResult]
+    baseline: StructuralMLP | None
+    summary: dict[str, Any]
+    histories: dict[str, list[dict[str, float]]]  # per phase, one metrics dict per step
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _n_classes(data: LoadedData) -> int:
+    labels = [int(data.y.max())] + ([int(data.y_val.max())] if data.y_val is not None else [])
+    return max(len(data.class_names), max(labels) + 1)
+
+
+def _device_set(x: np.ndarray, y: np.ndarray, standardizer: Standardizer, device: torch.device) -> DeviceSet:
+    features = standardizer.apply(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+    return DeviceSet(features.to(device), torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device))
+
+
+def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> PipelineResult:
+    """Train GLAI (and the baseline) on ``data``; deterministic on CPU for a fixed ``config.seed``."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = train_val_split(data, config.validation_fraction, config.seed)
+    standardizer = Standardizer.fit(data.x)
+    train = _device_set(data.x, data.y, standardizer, device)
+    assert data.x_val is not None and data.y_val is not None
+    val = _device_set(data.x_val, data.y_val, standardizer, device)
+    d, m = train.x.shape[1], _n_classes(data)
+    arch = config.architecture
+    match = match_parameters(d, arch.hidden, m, arch.reduction_factor)
+    ckpt_dir = hooks.checkpoint_dir
+
+    structural = structural_phase(train, val, match.glai_hidden, m, config.structural, hooks,
+                                  phase_path(ckpt_dir, "structural"), config.seed)
+    hooks_end(hooks, "structural", structural)
+    structure = structural.model
+    assert isinstance(structure, StructuralMLP)
+    block = GLAIBlock.from_structure(structure, warm_start=config.quantitative.warm_start)
+    quant = quantitative_phase(block, train, val, config.quantitative, hooks,
+                               phase_path(ckpt_dir, "quantitative"), config.seed)
+    hooks_end(hooks, "quantitative", quant)
+
+    pruned: list[PruneResult] = []
+    if config.pruning.enabled and config.pruning.sparsities:
+        pruned = pruning_phase(block, train, val, config.pruning, config.quantitative.batch_size, hooks,
+                               config.seed)
+    baseline = None
+    if config.baseline.enabled:
+        baseline = baseline_phase(train, val, arch.hidden, m, config.baseline, hooks,
+                                  phase_path(ckpt_dir, "baseline"), config.seed)
+        hooks_end(hooks, "baseline", baseline)
+    histories = {"structural": structural.history, "quantitative": quant.history}
+    if baseline is not None:
+        histories["baseline"] = baseline.history
+    summary = build_summary(match, structural, quant, baseline, pruned)
+    return PipelineResult(match=match, standardizer=standardizer, structure=structure, glai=block,
+                          pruned=pruned, summary=summary, histories=histories,
+                          baseline=None if baseline is None else baseline.model)  # type: ignore[arg-type]
+
+
+def hooks_end(hooks: Hooks, phase: str, result: FitResult) -> None:
+    """Phase summary, reported only when the phase ran in this call (not when reloaded finished)."""
+    if result.skipped:
+        return
+    last = result.history[-1] if result.history else {}
+    summary = {"best_accuracy": result.best_accuracy, "steps": float(len(result.history)),
+               "seconds": result.seconds, "final_val_accuracy": last.get("val_accuracy", float("nan"))}
+    hooks.on_phase_end(phase, summary)
+
+
+# ------------------------------------------------------------------------------------ structural
+
+def stability_rule(cfg: StructuralConfig):  # noqa: ANN201 (returns a StopRule)
+    """Stop once the path distance stayed below ``threshold`` for ``window`` consecutive epochs and at
+    least ``min_epochs`` epochs ran (epochs before ``min_epochs`` may count towards the window)."""
+    def rule(history: list[dict[str, float]]) -> str | None:
+        recent = [h.get("path_distance", float("inf")) for h in history[-cfg.window:]]
+        settled = len(recent) >= cfg.window and max(recent) < cfg.threshold
+        if settled and history[-1]["step"] >= cfg.min_epochs:
+            return "threshold"
+        return None
+    return rule
+
+
+def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, cfg: StructuralConfig,
+                     hooks: Hooks, checkpoint: Path | None, seed: int) -> FitResult:
+    """Train S and stop when its activation pattern on the probe set has settled.
+
+    The frozen structure is S at the stopping epoch (whose gates were found stable), not the best one.
+    """
+    torch.manual_seed(seed)
+    structure = StructuralMLP(train.x.shape[1], hidden, m).to(train.x.device)
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt is not None:  # the distance of the next epoch is measured against the saved weights' gates
+        structure.load_state_dict(ckpt.group("model"))
+    probe = val.x[:cfg.probe_size]
+    previous = {"gates": structure.gates(probe)}
+
+    def distances(model: torch.nn.Module) -> dict[str, float]:
+        current = model.gates(probe)  # type: ignore[operator]
+        values = structural_distances(previous["gates"], current)
+        previous["gates"] = current
+        return values
+
+    settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                           weight_decay=cfg.weight_decay, keep_best=False, seed=seed + 1)
+    return fit(structure, train, val, settings, hooks, "structural", checkpoint=checkpoint,
+               epoch_metrics=distances, stop_rule=stability_rule(cfg))
+
+
+# ------------------------------------------------------------------------------------ baseline
+
+def baseline_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, cfg: BaselineConfig,
+                   hooks: Hooks, checkpoint: Path | None, seed: int) -> FitResult:
+    """The reference-width MLP, same loop and data, early-stopped on validation; best weights kept."""
+    torch.manual_seed(seed + 7)
+    model = StructuralMLP(train.x.shape[1], hidden, m).to(train.x.device)
+    settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
+                           keep_best=True, seed=seed + 3)
+    return fit(model, train, val, settings, hooks, "baseline", checkpoint=checkpoint)
+
+
+# ------------------------------------------------------------------------------------ pruning
+
+class _Forwarding(Hooks):
+    """Fine-tuning inside the sweep: keeps the cancel flag, drops per-epoch events (steps = levels)."""
+
+    def __init__(self, parent: Hooks) -> None:
+        self.parent = parent
+
+    def should_stop(self) -> bool:
+        return self.parent.should_stop()
+
+
+def pruning_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: PruningConfig, batch_size: int,
+                  hooks: Hooks, seed: int) -> list[PruneResult]:
+    """Path-norm pruning sweep (``glai_core.prune``), fine-tuned by the same first-order loop.
+
+    One event per sparsity level (step = level). Not checkpointed per level: a resumed job reruns the
+    short sweep, and curve rows are unique per step. Fine-tuning keeps its best validation point.
+    """
+    hooks.on_phase_start("pruning")
+    started = time.monotonic()
+    frequency = GateCache.build(block.structure, train.x).frequency()
+    quiet = _Forwarding(hooks)
+
+    def finetune(candidate: GLAIBlock) -> GLAIBlock:
+        if cfg.finetune_epochs <= 0:
+            return candidate
+        tr, va = train.with_gates(candidate.structure), val.with_gates(candidate.structure)
+        start = evaluate_point(candidate, None, va)
+        best = Best()
+        best.take(candidate, 0, start["val_accuracy"], start["val_loss"])
+        settings = FitSettings(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=batch_size, seed=seed + 5)
+        fit(candidate, tr, va, settings, quiet, "pruning", best=best, announce=False)
+        return candidate
+
+    def evaluate_block(candidate: GLAIBlock) -> float:
+        return evaluate(candidate, val.x, val.y)[1]
+
+    def report(index: int, result: PruneResult) -> None:
+        metrics = {"sparsity": float(result.sparsity), "pruned_accuracy": float(result.accuracy),
+                   "accuracy_before_finetune": float(result.accuracy_before_finetune)}
+        emit(hooks, "pruning", index + 1, len(cfg.sparsities), metrics, time.monotonic() - started)
+        if hooks.should_stop():
+            raise Cancelled("pruning stopped")
+
+    results = pruning_sweep(block, cfg.sparsities, cfg.structured, finetune, evaluate_block, frequency,
+                            x=train.x[:PRUNE_SCORE_ROWS], on_result=report)
+    hooks.on_phase_end("pruning", {f"{r.sparsity:g}": float(r.accuracy) for r in results})
+    return results
+
+
+# ------------------------------------------------------------------------------------ summary
+
+def time_to_target(histories: list[list[dict[str, float]]], target: float | None) -> float | None:
+    """Seconds until validation accuracy first reaches ``target``; the histories run one after another."""
+    if target is None:
+        return None
+    offset = 0.0
+    for history in histories:
+        for point in history:
+            if point.get("val_accuracy", float("-inf")) >= target:
+                return offset + point["seconds"]
+        if history:
+            offset += history[-1]["seconds"]
+    return None
+
+
+def build_summary(match: ParameterMatch, structural: FitResult, quant: FitResult, baseline: FitResult | None,
+                  pruned: list[PruneResult]) -> dict[str, Any]:
+    baseline_acc = baseline.best_accuracy if baseline is not None else None
+    target = None if baseline_acc is None else baseline_acc - TARGET_MARGIN
+    glai_tt = time_to_target([structural.history, quant.history], target)
+    base_tt = time_to_target([baseline.history], target) if baseline is not None else None
+    return {
+        "glai_accuracy": quant.best_accuracy,
+        "structure_accuracy": structural.history[-1]["val_accuracy"] if structural.history else None,
+        "warm_start_accuracy": quant.history[0]["val_accuracy"] if quant.history else None,
+        "baseline_accuracy": baseline_acc,
+        "pruned": {f"{r.sparsity:g}": float(r.accuracy) for r in pruned},
+        "structural_epochs": len(structural.history),
+        "baseline_epochs": len(baseline.history) if baseline is not None else None,
+        "glai_seconds": structural.seconds + quant.seconds,
+        "baseline_seconds": baseline.seconds if baseline is not None else None,
+        "target_accuracy": target,
+        "glai_time_to_target_s": glai_tt,
+        "baseline_time_to_target_s": base_tt,
+        "speedup": base_tt / glai_tt if glai_tt and base_tt is not None else None,
+        "reduction_factor": match.reduction_factor,
+        "glai_hidden": match.glai_hidden,
+        "reference_hidden": match.reference_hidden,
+        "mlp_params": match.mlp_params,
+        "glai_trainable_params": match.glai_trainable_params,
+        "structure_params": match.structure_params,
+        "stopped_by": structural.stopped_by,
+    }
+
+
+__all__ = ["PipelineResult", "run_pipeline", "structural_phase", "baseline_phase", "pruning_phase",
+           "time_to_target", "build_summary", "stability_rule", "resolve_device", "PhaseState"]

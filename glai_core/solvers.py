@@ -1,0 +1,407 @@
+"""Phase-2 solvers: with S frozen the block is linear in (Theta, c), so the fit is convex.
+
+* first order: Adam on cross-entropy with a small learning rate from the warm start (``train.fit``);
+* ridge: least squares on one-hot targets in closed form. One pass accumulates the normal equations
+  [F 1]^T [F 1] and [F 1]^T Y in float64 (F[b] = g_L(b) x g~_{L-1}(b) x ... x g~_1(b) x x~(b), the
+  row of Theta[k] that multiplies sample b), then a Cholesky solve per lambda. When the normal matrix
+  would exceed ``max_normal_matrix_bytes`` a matrix-free, Jacobi-preconditioned conjugate gradient
+  solves the same system, applying F and F^T through the block's own forward (and its autograd);
+* ridge+adam: ridge, then a short Adam refinement.
+
+Scale. Ridge on one-hot targets gives logits of order 1, while cross-entropy wants sharper ones, so a
+temperature T (one scalar, fitted on validation cross-entropy) rescales (Theta, c) after every solve.
+Ridge shrinks towards ``alpha * warm start`` (alpha = least-squares scale of the warm logits to the
+one-hot targets) rather than towards zero: lambda -> infinity returns the warm start, lambda -> 0 the
+plain least-squares fit, and lambda is picked on validation from a small grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from glai_core.checkpoint import PhaseState, load_checkpoint, save_checkpoint
+from glai_core.config import QuantitativeConfig
+from glai_core.hooks import Cancelled, Hooks
+from glai_core.metrics import evaluate_sums
+from glai_core.model import GLAIBlock
+from glai_core.train import (
+    EVAL_BATCH,
+    Best,
+    DeviceSet,
+    FitResult,
+    FitSettings,
+    emit,
+    evaluate_point,
+    finish_phase,
+    fit,
+)
+
+CHUNK_BYTES = 256 * 1024**2  # working memory for one chunk of explicit features
+
+
+@dataclass
+class RidgeSolution:
+    theta: Tensor  # block.theta's shape
+    bias: Tensor  # (m,)
+    lam: float  # absolute lambda used
+    relative_lambda: float  # lambda / mean diagonal of F^T F
+    temperature: float
+    val_accuracy: float
+    val_loss: float
+    method: str  # "cholesky" or "cg"
+
+
+# ------------------------------------------------------------------------------------- features
+
+def path_features(x: Tensor, gates: list[Tensor]) -> Tensor:
+    """Explicit rows of F for a chunk: (b, prod(theta.shape[1:])), ordered like Theta[k].flatten()."""
+    feats = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+    for level, gate in enumerate(gates):
+        g = gate.to(feats.dtype)
+        if level < len(gates) - 1:
+            g = torch.cat([g, g.new_ones(g.shape[0], 1)], dim=1)
+        feats = (g[:, :, None] * feats[:, None, :]).reshape(x.shape[0], -1)
+    return feats
+
+
+def feature_dim(block: GLAIBlock) -> int:
+    return math.prod(block.theta.shape[1:])
+
+
+def _chunk_rows(dim: int) -> int:
+    return max(1, min(65536, CHUNK_BYTES // (8 * (dim + 1))))
+
+
+def normal_equations(block: GLAIBlock, data: DeviceSet) -> tuple[Tensor, Tensor]:
+    """G = [F 1]^T [F 1] (D+1, D+1) and B = [F 1]^T Y (D+1, m), float64, one pass over the data."""
+    assert data.gates is not None, "phase 2 needs cached gates"
+    dim, m = feature_dim(block), block.out_features
+    device = data.x.device
+    gram = torch.zeros(dim + 1, dim + 1, dtype=torch.float64, device=device)
+    rhs = torch.zeros(dim + 1, m, dtype=torch.float64, device=device)
+    rows = _chunk_rows(dim)
+    for start in range(0, len(data), rows):
+        part = slice(start, start + rows)
+        feats = path_features(data.x[part].double(), data.gates.take(part))
+        feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=1)
+        gram += feats.T @ feats
+        rhs += feats.T @ F.one_hot(data.y[part], m).double()
+    return gram, rhs
+
+
+def _flat(block: GLAIBlock, theta: Tensor, bias: Tensor) -> Tensor:
+    """(Theta, c) -> (D+1, m) float64 column-per-output layout of the normal equations."""
+    m = block.out_features
+    return torch.cat([theta.reshape(m, -1).T, bias[None, :]], dim=0).double()
+
+
+def _unflat(block: GLAIBlock, flat: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    dtype = dtype or block.theta.dtype
+    theta = flat[:-1].T.reshape(block.theta.shape).to(dtype)
+    return theta.contiguous(), flat[-1].to(dtype).contiguous()
+
+
+def cholesky_solve(gram: Tensor, rhs: Tensor, lam: float, prior: Tensor | None = None) -> Tensor:
+    """argmin ||[F 1] W - Y||^2 + lam ||W_F - prior_F||^2 (the intercept row is not penalised).
+
+    lam is added to the diagonal in place and removed afterwards, so the only extra D x D buffer is the
+    Cholesky factor.
+    """
+    penalty = torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    penalty[-1] = 0.0
+    target = rhs if prior is None else rhs + lam * penalty[:, None] * prior
+    scale = float(gram.diagonal().abs().max())
+    for jitter in (0.0, 1e-12, 1e-10, 1e-8, 1e-6):
+        shift = lam * penalty + jitter * scale
+        gram.diagonal().add_(shift)
+        try:
+            factor, info = torch.linalg.cholesky_ex(gram)
+        finally:
+            gram.diagonal().sub_(shift)
+        if int(info) == 0:
+            return torch.cholesky_solve(target, factor)
+    raise RuntimeError("normal matrix is not positive definite even with jitter")
+
+
+# ------------------------------------------------------------------------------ matrix-free CG
+
+class _Operator:
+    """W -> F W and R -> F^T R over the whole split, chunk by chunk, through the block's own contraction
+    (forward via ``functional_call``, adjoint via autograd), in float64."""
+
+    def __init__(self, block: GLAIBlock, data: DeviceSet, chunk: int = EVAL_BATCH) -> None:
+        assert data.gates is not None
+        self.block, self.data, self.chunk = block, data, chunk
+        self.zero_bias = torch.zeros(block.out_features, dtype=torch.float64, device=data.x.device)
+
+    def parts(self) -> list[slice]:
+        return [slice(s, s + self.chunk) for s in range(0, len(self.data), self.chunk)]
+
+    def forward(self, theta: Tensor, part: slice, square: bool = False) -> Tensor:
+        x = self.data.x[part].double()
+        gates = self.data.gates.take(part)  # type: ignore[union-attr]
+        return functional_call(self.block, {"theta": theta, "bias": self.zero_bias},
+                               (x * x if square else x,), {"gates": gates})
+
+    def adjoint(self, residual: Tensor, part: slice, square: bool = False) -> Tensor:
+        """F^T R for one chunk (theta-shaped); F is linear, so the point of linearisation is irrelevant."""
+        with torch.enable_grad():
+            theta = torch.zeros(self.block.theta.shape, dtype=torch.float64, device=residual.device,
+                                requires_grad=True)
+            (grad,) = torch.autograd.grad(self.forward(theta, part, square), theta, residual.double())
+        return grad
+
+
+class _CenteredNormal:
+    """(F_c^T F_c + lam I) for centred features F_c = F - 1 mu^T, never materialised.
+
+    Centring removes the unpenalised intercept from the iteration (it is recovered afterwards as
+    c = mean(Y) - mu^T W); left in, it makes the system far worse conditioned and CG crawl.
+    """
+
+    def __init__(self, block: GLAIBlock, data: DeviceSet) -> None:
+        self.op, self.block, self.n = _Operator(block, data), block, len(data)
+        m = block.out_features
+        ones = [data.x.new_ones(min(p.stop, self.n) - p.start, m, dtype=torch.float64)
+                for p in self.op.parts()]
+        self.mu = self._sum(lambda i, p: self.op.adjoint(ones[i], p)) / self.n
+        # diag(F^T F) = F^T 1 evaluated at x^2, since the gates are 0/1
+        squares = self._sum(lambda i, p: self.op.adjoint(ones[i], p, square=True))
+        self.diag = squares - self.n * self.mu * self.mu
+
+    def _sum(self, term) -> Tensor:  # noqa: ANN001
+        parts = self.op.parts()
+        total = term(0, parts[0])
+        for i, p in enumerate(parts[1:], start=1):
+            total = total + term(i, p)
+        return total
+
+    def rhs(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """F_c^T Y and mean(Y) for one-hot targets."""
+        m = self.block.out_features
+        total = self._sum(lambda _, p: self.op.adjoint(F.one_hot(y[p], m).double(), p))
+        y_mean = F.one_hot(y, m).double().mean(dim=0)
+        return total - self.n * self.mu * y_mean.view(m, *([1] * (self.mu.dim() - 1))), y_mean
+
+    def apply(self, w: Tensor, lam: float) -> Tensor:
+        shift = (self.mu * w).flatten(1).sum(dim=1)  # mu^T W per output
+        out = torch.zeros_like(w)
+        for p in self.op.parts():
+            centred = self.op.forward(w, p) - shift
+            out += self.op.adjoint(centred, p)
+        return out + lam * w
+
+
+def cg_solve(block: GLAIBlock, data: DeviceSet, relative_lambda: float, prior: Tensor | None,
+             max_iter: int = 200, tol: float = 1e-5) -> tuple[Tensor, float]:
+    """Jacobi-preconditioned CG on the centred normal equations, all m outputs at once.
+
+    Solves the same problem as ``cholesky_solve`` (ridge on Theta towards ``prior``, free intercept)
+    and returns the same (D+1, m) layout; lambda = relative * mean diag(F^T F).
+    """
+    assert data.gates is not None
+    system = _CenteredNormal(block, data)
+    m = block.out_features
+    lam = relative_lambda * float((system.diag + system.n * system.mu**2).mean())
+    rhs, y_mean = system.rhs(data.y)
+    w = torch.zeros_like(rhs)
+    if prior is not None:
+        w0 = prior[:-1].T.reshape(rhs.shape)
+        rhs, w = rhs + lam * w0, w0.clone()
+    precond = 1.0 / (system.diag + lam).clamp_min(1e-12)
+    r = rhs - system.apply(w, lam)
+    z = precond * r
+    p = z.clone()
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).flatten(1).sum(dim=1).view(m, *([1] * (a.dim() - 1)))
+
+    rz = dot(r, z)
+    rhs_norm = dot(rhs, rhs).sqrt().clamp_min(1e-300)
+    for _iteration in range(max_iter):
+        if bool((dot(r, r).sqrt() / rhs_norm < tol).all()):
+            break
+        ap = system.apply(p, lam)
+        alpha = rz / dot(p, ap).clamp_min(1e-300)
+        w = w + alpha * p
+        r = r - alpha * ap
+        z = precond * r
+        rz_new = dot(r, z)
+        p = z + (rz_new / rz.clamp_min(1e-300)) * p
+        rz = rz_new
+    bias = y_mean - (system.mu * w).flatten(1).sum(dim=1)
+    return _flat(block, w, bias), lam
+
+
+# ------------------------------------------------------------------------------ scale and choice
+
+@torch.no_grad()
+def val_logits(block: GLAIBlock, val: DeviceSet) -> Tensor:
+    parts = []
+    for start in range(0, len(val), EVAL_BATCH):
+        part = slice(start, start + EVAL_BATCH)
+        parts.append(block(val.x[part], gates=None if val.gates is None else val.gates.take(part)))
+    return torch.cat(parts)
+
+
+def fit_temperature(out: Tensor, y: Tensor, lo: float = 1e-2, hi: float = 1e3, iters: int = 40) -> float:
+    """Scalar T minimising cross-entropy of T * logits (golden-section search on log T)."""
+    out = out.double()
+
+    def loss(log_t: float) -> float:
+        return float(F.cross_entropy(out * math.exp(log_t), y))
+
+    a, b = math.log(lo), math.log(hi)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    return math.exp((a + b) / 2)
+
+
+def warm_prior(block: GLAIBlock, gram: Tensor | None, rhs: Tensor | None, data: DeviceSet) -> Tensor:
+    """alpha * (Theta0, c0) with alpha the least-squares scale of the warm logits to one-hot targets."""
+    w0 = _flat(block, block.theta.detach(), block.bias.detach())
+    if gram is not None and rhs is not None:
+        num, den = (w0 * rhs).sum(), (w0 * (gram @ w0)).sum()
+    else:
+        sums = torch.zeros(2, dtype=torch.float64, device=w0.device)
+        with torch.no_grad():
+            for start in range(0, len(data), EVAL_BATCH):
+                part = slice(start, start + EVAL_BATCH)
+                out = block(data.x[part], gates=data.gates.take(part)).double()  # type: ignore[union-attr]
+                sums[0] += out.gather(1, data.y[part][:, None]).sum()
+                sums[1] += (out * out).sum()
+        num, den = sums[0], sums[1]
+    return w0 * (num / den.clamp_min(1e-300))
+
+
+def _apply(block: GLAIBlock, flat: Tensor, scale: float = 1.0) -> None:
+    theta, bias = _unflat(block, flat * scale)
+    with torch.no_grad():
+        block.theta.copy_(theta)
+        block.bias.copy_(bias)
+
+
+def _score(block: GLAIBlock, flat: Tensor, val: DeviceSet) -> tuple[float, float, float]:
+    """Apply W, fit the temperature on validation; returns (temperature, val_accuracy, val_loss)."""
+    _apply(block, flat)
+    temperature = fit_temperature(val_logits(block, val), val.y)
+    _apply(block, flat, temperature)
+    loss, correct, n = evaluate_sums(block, val.x, val.y, EVAL_BATCH, val.gates).tolist()
+    return temperature, correct / n, loss / n
+
+
+def ridge_fit(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lambdas: list[float],
+              warm_start: bool = True, max_normal_matrix_bytes: int = 2 * 1024**3,
+              cg_max_iter: int = 200, cg_tol: float = 1e-5) -> RidgeSolution:
+    """Closed-form phase 2; leaves the chosen, temperature-scaled solution in ``block``.
+
+    lambda = relative * mean(diag F^T F). Cholesky tries every lambda of the grid (one factorisation
+    each, the normal matrix is shared); CG uses the middle one (each solve costs many data passes).
+    """
+    dim = feature_dim(block) + 1
+    use_cg = 8 * dim * dim > max_normal_matrix_bytes
+    gram = rhs = None
+    if not use_cg:
+        gram, rhs = normal_equations(block, train)
+    prior = warm_prior(block, gram, rhs, train) if warm_start else None
+    candidates: list[RidgeSolution] = []
+    if use_cg:
+        relative = sorted(relative_lambdas)[len(relative_lambdas) // 2]
+        flat, lam = cg_solve(block, train, relative, prior, cg_max_iter, cg_tol)
+        candidates.append(_candidate(block, flat, lam, relative, val, "cg"))
+    else:
+        assert gram is not None and rhs is not None
+        scale = float(gram.diagonal()[:-1].mean())
+        for relative in relative_lambdas:
+            flat = cholesky_solve(gram, rhs, relative * scale, prior)
+            candidates.append(_candidate(block, flat, relative * scale, relative, val, "cholesky"))
+    chosen = max(candidates, key=lambda s: (s.val_accuracy, -s.val_loss))
+    with torch.no_grad():
+        block.theta.copy_(chosen.theta)
+        block.bias.copy_(chosen.bias)
+    return chosen
+
+
+def _candidate(block: GLAIBlock, flat: Tensor, lam: float, relative: float, val: DeviceSet,
+               method: str) -> RidgeSolution:
+    temperature, acc, loss = _score(block, flat, val)
+    return RidgeSolution(theta=block.theta.detach().clone(), bias=block.bias.detach().clone(), lam=lam,
+                         relative_lambda=relative, temperature=temperature, val_accuracy=acc, val_loss=loss,
+                         method=method)
+
+
+# ------------------------------------------------------------------------------ the phase
+
+PHASE = "quantitative"
+
+
+def quantitative_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: QuantitativeConfig,
+                       hooks: Hooks, checkpoint: Path | None = None, seed: int = 0) -> FitResult:
+    """Phase 2 with frozen gates; the result is never worse on validation than the starting block.
+
+    Steps: 0 = the starting point (warm start from S, or zeros), 1 = the ridge solve (ridge solvers),
+    then one step per Adam epoch. Gates are computed once per sample and cached for the whole phase.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt is not None and ckpt.state.finished:
+        block.load_state_dict(ckpt.group("model"))
+        s = ckpt.state
+        return FitResult(block, s.history, s.best_step, s.best_accuracy, s.stopped_by or "max_epochs",
+                         s.seconds, resumed=True, skipped=True, extra=s.extra)
+    started = time.monotonic()
+    train, val = train.with_gates(block.structure), val.with_gates(block.structure)
+    offset = 1 if cfg.solver in ("ridge", "ridge+adam") else 0
+    settings = FitSettings(epochs=offset + cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                           patience=cfg.patience, seed=seed + 2)
+    state, best = PhaseState(), Best()
+    if ckpt is None:
+        hooks.on_phase_start(PHASE)
+        _record(block, train, val, state, best, hooks, 0, settings.epochs, started, {})
+        if offset:
+            solution = ridge_fit(block, train, val, cfg.ridge_lambdas, cfg.warm_start,
+                                 cfg.max_normal_matrix_bytes, cfg.cg_max_iter, cfg.cg_tol)
+            info = {"ridge_lambda": solution.relative_lambda, "temperature": solution.temperature}
+            state.extra["ridge"] = {k: v for k, v in asdict(solution).items() if not isinstance(v, Tensor)}
+            _record(block, train, val, state, best, hooks, 1, settings.epochs, started, info)
+        if cfg.solver == "ridge" or cfg.epochs == 0:
+            if best.weights is not None:
+                block.load_state_dict(best.weights)
+            finish_phase(checkpoint, block, state, "solved")
+            return FitResult(block, state.history, best.step, best.accuracy, "solved", state.seconds,
+                             extra=state.extra)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, block, None, best.weights)
+        if hooks.should_stop():
+            raise Cancelled(f"{PHASE} stopped after step {state.step}")
+    return fit(block, train, val, settings, hooks, PHASE, checkpoint=checkpoint, state=state, best=best,
+               announce=ckpt is not None)
+
+
+def _record(block: GLAIBlock, train: DeviceSet, val: DeviceSet, state: PhaseState, best: Best, hooks: Hooks,
+            step: int, total: int, started: float, info: dict[str, float]) -> None:
+    """Evaluate a non-epoch step (start point, closed-form solve), keep it if best, report it."""
+    metrics = {**evaluate_point(block, train, val), **info}
+    if best.improves(metrics["val_accuracy"], metrics["val_loss"]):
+        best.take(block, step, metrics["val_accuracy"], metrics["val_loss"])
+    state.step, state.seconds = step, time.monotonic() - started
+    state.best_step, state.best_accuracy, state.best_loss = best.step, best.accuracy, best.loss
+    state.history.append({"step": step, "seconds": state.seconds, **metrics})
+    emit(hooks, PHASE, step, total, metrics, state.seconds)

@@ -1,0 +1,246 @@
+"""One training loop for the structural phase, the MLP baseline and first-order GLAI training.
+
+Small heads are dominated by launch and synchronisation overhead, not arithmetic, so the loop:
+keeps the whole split on the device, shuffles with ``torch.randperm(generator=...)``, uses Adam
+(fused on CUDA, foreach on CPU), accumulates the training loss on the device and synchronises with
+the host once per epoch (together with the batched evaluation). ``hooks.should_stop`` is polled at
+most every ``poll_seconds`` inside an epoch and after every epoch; the checkpoint written at the end
+of each epoch is what a resume continues from, so a mid-epoch cancel only loses that epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glai_core.checkpoint import PhaseState, load_checkpoint, load_optimizer, save_checkpoint
+from glai_core.hooks import Cancelled, Event, Hooks
+from glai_core.metrics import GateCache, evaluate_sums, logits
+
+EVAL_BATCH = 8192
+
+
+@dataclass
+class DeviceSet:
+    """One split resident on the training device; ``gates`` caches a frozen structure's gates."""
+
+    x: Tensor
+    y: Tensor
+    gates: GateCache | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def with_gates(self, structure: nn.Module) -> DeviceSet:
+        return DeviceSet(self.x, self.y, GateCache.build(structure, self.x))
+
+
+@dataclass
+class FitSettings:
+    epochs: int  # last step of the phase (steps already done by a warm start count towards it)
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+    patience: int | None = None  # None: run all epochs; else stop after that many without improvement
+    keep_best: bool = True  # restore the best-validation weights at the end
+    seed: int = 0
+    poll_seconds: float = 1.0
+
+
+@dataclass
+class Best:
+    """Best validation point so far: weights (device copies) and scores."""
+
+    step: int = -1
+    accuracy: float = float("-inf")
+    loss: float = float("inf")
+    weights: dict[str, Tensor] | None = None
+
+    def improves(self, accuracy: float, loss: float) -> bool:
+        return accuracy > self.accuracy or (accuracy == self.accuracy and loss < self.loss)
+
+    def take(self, model: nn.Module, step: int, accuracy: float, loss: float) -> None:
+        self.step, self.accuracy, self.loss = step, accuracy, loss
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_step: int
+    best_accuracy: float
+    stopped_by: str
+    seconds: float
+    resumed: bool = False  # continued from a checkpoint
+    skipped: bool = False  # reloaded an already finished phase: nothing ran
+    extra: dict = field(default_factory=dict)
+
+
+EpochMetrics = Callable[[nn.Module], dict[str, float]]
+StopRule = Callable[[list[dict[str, float]]], str | None]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    params = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = params[0].is_cuda
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                            fused=True if on_cuda else None, foreach=None if on_cuda else True)
+
+
+def _train_epoch(model: nn.Module, data: DeviceSet, optimizer: torch.optim.Optimizer, batch_size: int,
+                 generator: torch.Generator, hooks: Hooks, poll_seconds: float) -> Tensor:
+    """One shuffled pass; returns the summed training loss as a device tensor (no host sync)."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator).to(data.x.device, non_blocking=True)
+    total = torch.zeros((), dtype=torch.float32, device=data.x.device)
+    last_poll = time.monotonic()
+    for start in range(0, len(data), batch_size):
+        index = order[start:start + batch_size]
+        gates = None if data.gates is None else data.gates.take(index)
+        loss = F.cross_entropy(logits(model, data.x[index], gates), data.y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * index.shape[0]
+        if time.monotonic() - last_poll > poll_seconds:
+            last_poll = time.monotonic()
+            if hooks.should_stop():
+                raise Cancelled("stopped during an epoch; resuming repeats it from the last checkpoint")
+    return total
+
+
+def evaluate_point(model: nn.Module, train: DeviceSet | None, val: DeviceSet,
+                   train_loss_sum: Tensor | None = None) -> dict[str, float]:
+    """train_loss, val_loss, val_accuracy with one sync; train loss by a full pass when not given."""
+    val_sums = evaluate_sums(model, val.x, val.y, EVAL_BATCH, val.gates)
+    if train_loss_sum is None and train is not None:
+        train_loss_sum = evaluate_sums(model, train.x, train.y, EVAL_BATCH, train.gates)[0]
+    parts = [val_sums, (train_loss_sum if train_loss_sum is not None
+                        else torch.tensor(float("nan"), device=val.x.device)).reshape(1).double()]
+    loss, correct, n, train_sum = torch.cat(parts).tolist()
+    n_train = len(train) if train is not None else 1
+    return {"train_loss": train_sum / n_train, "val_loss": loss / n, "val_accuracy": correct / n}
+
+
+def emit(hooks: Hooks, phase: str, step: int, total_steps: int, metrics: dict[str, float],
+         seconds: float) -> None:
+    progress = min(1.0, step / total_steps) if total_steps > 0 else 1.0
+    hooks.on_event(Event(phase=phase, step=step, total_steps=total_steps, progress=progress,
+                         metrics=metrics, wall_time=seconds))
+
+
+def _restore(model: nn.Module, path: Path | None, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, state: PhaseState, best: Best) -> tuple[PhaseState, Best, bool]:
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        return state, best, False
+    model.load_state_dict(ckpt.group("model"))
+    load_optimizer(optimizer, ckpt)
+    if "rng" in ckpt.tensors:
+        generator.set_state(ckpt.tensors["rng"])
+    device = next(model.parameters()).device
+    weights = ckpt.group("best")
+    restored = Best(ckpt.state.best_step, ckpt.state.best_accuracy, ckpt.state.best_loss,
+                    {k: v.to(device) for k, v in weights.items()} if weights else None)
+    return ckpt.state, restored, True
+
+
+def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSettings, hooks: Hooks, phase: str,
+        *, checkpoint: Path | None = None, epoch_metrics: EpochMetrics | None = None,
+        stop_rule: StopRule | None = None, state: PhaseState | None = None, best: Best | None = None,
+        generator: torch.Generator | None = None, announce: bool = True) -> FitResult:
+    """Train ``model`` in place with Adam on cross-entropy; resumes from ``checkpoint`` if present.
+
+    ``state``/``best`` seed a phase that already has steps (e.g. phase 2's warm start and ridge solve):
+    the loop continues after ``state.step`` and never returns weights worse on validation than ``best``.
+    ``epoch_metrics`` adds phase-specific curve points; ``stop_rule`` ends the phase early with a reason.
+    The checkpoint is written after every epoch, before the event, and marked finished at the end.
+    """
+    state = state or PhaseState()
+    best = best or Best()
+    if generator is None:
+        generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    state, best, resumed = _restore(model, checkpoint, optimizer, generator, state, best)
+    if state.finished:
+        result = _result(model, state, resumed=True)
+        result.skipped = True
+        return result
+    if announce:
+        hooks.on_phase_start(phase)
+    started = time.monotonic() - state.seconds
+    stopped_by = state.stopped_by or ("max_epochs" if state.step >= settings.epochs else None)
+    while stopped_by is None:
+        step = state.step + 1
+        loss_sum = _train_epoch(model, train, optimizer, settings.batch_size, generator, hooks,
+                                settings.poll_seconds)
+        metrics = evaluate_point(model, train, val, loss_sum)
+        if epoch_metrics is not None:
+            metrics.update(epoch_metrics(model))
+        stopped_by = _update_best(model, step, metrics, best, state, settings)
+        state.step, state.seconds = step, time.monotonic() - started
+        state.history.append({"step": step, "seconds": state.seconds, **metrics})
+        if stopped_by is None and stop_rule is not None:
+            stopped_by = stop_rule(state.history)
+        if stopped_by is None and step >= settings.epochs:
+            stopped_by = "max_epochs"
+        _save(checkpoint, state, model, optimizer, best, generator, stopped_by, settings.keep_best)
+        emit(hooks, phase, step, settings.epochs, metrics, state.seconds)
+        if stopped_by is None and hooks.should_stop():
+            raise Cancelled(f"{phase} stopped after step {step}")
+    return _result(model, state, resumed=resumed)
+
+
+def _update_best(model: nn.Module, step: int, metrics: dict[str, float], best: Best, state: PhaseState,
+                 settings: FitSettings) -> str | None:
+    """Track the best point; the patience counter resets when validation accuracy or loss improves."""
+    acc, loss = metrics["val_accuracy"], metrics["val_loss"]
+    improved = best.improves(acc, loss) or loss < min(best.loss, _best_loss(state))
+    if best.improves(acc, loss) or math.isinf(best.accuracy):
+        best.take(model, step, acc, loss)
+    state.best_step, state.best_accuracy, state.best_loss = best.step, best.accuracy, best.loss
+    state.stale = 0 if improved else state.stale + 1
+    if settings.patience is not None and state.stale >= settings.patience:
+        return "patience"
+    return None
+
+
+def _best_loss(state: PhaseState) -> float:
+    losses = [h["val_loss"] for h in state.history if "val_loss" in h]
+    return min(losses) if losses else float("inf")
+
+
+def _save(path: Path | None, state: PhaseState, model: nn.Module, optimizer: torch.optim.Optimizer,
+          best: Best, generator: torch.Generator, stopped_by: str | None, keep_best: bool) -> None:
+    """End of epoch: plain checkpoint; end of phase: restore best weights and mark finished."""
+    if stopped_by is not None:
+        if keep_best and best.weights is not None:
+            model.load_state_dict(best.weights)
+        state.finished, state.stopped_by = True, stopped_by
+    if path is None:
+        return
+    if state.finished:
+        save_checkpoint(path, state, model)  # the result: no optimizer or best copy needed any more
+    else:
+        save_checkpoint(path, state, model, optimizer, best.weights, generator)
+
+
+def _result(model: nn.Module, state: PhaseState, resumed: bool) -> FitResult:
+    return FitResult(model=model, history=state.history, best_step=state.best_step,
+                     best_accuracy=state.best_accuracy, stopped_by=state.stopped_by or "max_epochs",
+                     seconds=state.seconds, resumed=resumed, extra=state.extra)
+
+
+def finish_phase(path: Path | None, model: nn.Module, state: PhaseState, stopped_by: str) -> None:
+    """Mark a phase finished without the loop (e.g. a closed-form-only phase 2)."""
+    state.finished, state.stopped_by = True, stopped_by
+    if path is not None:
+        save_checkpoint(path, state, model)

@@ -1,0 +1,137 @@
+"""The whole pipeline on real digits: summary contract, phases, determinism, depth 2, cancel and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from glai_core.config import TrainConfig
+from glai_core.data import LoadedData, builtin
+from glai_core.hooks import Cancelled, RecordingHooks
+from glai_core.metrics import evaluate
+from glai_core.pipeline import run_pipeline, time_to_target
+
+SUMMARY_KEYS = {
+    "glai_accuracy", "structure_accuracy", "warm_start_accuracy", "baseline_accuracy", "pruned",
+    "structural_epochs", "baseline_epochs", "glai_seconds", "baseline_seconds", "target_accuracy",
+    "glai_time_to_target_s", "baseline_time_to_target_s", "speedup", "reduction_factor", "glai_hidden",
+    "reference_hidden", "mlp_params", "glai_trainable_params", "structure_params", "stopped_by",
+}
+TIMING_KEYS = {"glai_seconds", "baseline_seconds", "glai_time_to_target_s", "baseline_time_to_target_s",
+               "speedup"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> LoadedData:
+    return builtin("digits")
+
+
+def small_config(hidden: list[int], pruning: bool = False, baseline: bool = False) -> TrainConfig:
+    config = TrainConfig.from_dict({
+        "architecture": {"hidden": hidden},
+        "structural": {"max_epochs": 6, "batch_size": 128},
+        "quantitative": {"epochs": 2, "batch_size": 128, "ridge_lambda_search": 1},
+        "pruning": {"enabled": pruning, "sparsities": [0.5], "finetune_epochs": 1},
+        "baseline": {"enabled": baseline, "max_epochs": 12, "batch_size": 128},
+        "device": "cpu",
+    })
+    return config
+
+
+def test_pipeline_on_digits(digits: LoadedData) -> None:
+    hooks = RecordingHooks()
+    result = run_pipeline(digits, small_config([64], pruning=True, baseline=True), hooks)
+    summary = result.summary
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["glai_accuracy"] >= 0.95  # digits: ridge on the frozen gates lands at ~0.98
+    assert summary["glai_accuracy"] >= summary["warm_start_accuracy"]
+    assert summary["baseline_accuracy"] >= 0.85
+    assert summary["stopped_by"] in ("threshold", "max_epochs")
+    assert summary["glai_hidden"] == result.match.glai_hidden and summary["reference_hidden"] == [64]
+    assert abs(summary["glai_trainable_params"] - summary["mlp_params"]) / summary["mlp_params"] < 0.1
+    assert summary["target_accuracy"] == pytest.approx(summary["baseline_accuracy"] - 0.005)
+    assert set(summary["pruned"]) == {"0.5"}
+    assert hooks.phases == ["structural", "quantitative", "pruning", "baseline"]
+    assert set(hooks.summaries) == {"structural", "quantitative", "pruning", "baseline"}
+    for phase in ("structural", "quantitative", "baseline"):
+        steps = [e.step for e in hooks.events if e.phase == phase]
+        assert steps == sorted(steps) and len(set(steps)) == len(steps)
+        assert all({"train_loss", "val_loss", "val_accuracy"} <= set(e.metrics)
+                   for e in hooks.events if e.phase == phase)
+    structural = [e for e in hooks.events if e.phase == "structural"]
+    assert all({"unit_distance", "path_distance"} <= set(e.metrics) for e in structural)
+    assert len(structural) == summary["structural_epochs"]
+    pruning = [e for e in hooks.events if e.phase == "pruning"]
+    assert [e.step for e in pruning] == [1] and pruning[0].metrics["sparsity"] == 0.5
+    assert result.baseline is not None and result.baseline.hidden == [64]
+    assert [len(r.model.hidden) for r in result.pruned] == [1]
+    if summary["speedup"] is not None:
+        assert summary["speedup"] == pytest.approx(
+            summary["baseline_time_to_target_s"] / summary["glai_time_to_target_s"])
+
+
+def test_time_to_target_runs_phases_back_to_back() -> None:
+    first = [{"seconds": 1.0, "val_accuracy": 0.5}, {"seconds": 2.0, "val_accuracy": 0.7}]
+    second = [{"seconds": 0.5, "val_accuracy": 0.8}, {"seconds": 1.0, "val_accuracy": 0.95}]
+    assert time_to_target([first, second], 0.7) == 2.0
+    assert time_to_target([first, second], 0.9) == 3.0
+    assert time_to_target([first, second], 0.99) is None
+    assert time_to_target([first], None) is None
+
+
+def test_same_seed_same_result(digits: LoadedData) -> None:
+    runs = [run_pipeline(digits, small_config([32]), RecordingHooks()) for _ in range(2)]
+    first, second = ({k: v for k, v in r.summary.items() if k not in TIMING_KEYS} for r in runs)
+    assert first == second
+    assert torch.equal(runs[0].glai.theta, runs[1].glai.theta)
+    other = run_pipeline(digits, TrainConfig.from_dict({**small_config([32]).to_dict(), "seed": 1}),
+                         RecordingHooks())
+    assert not torch.equal(other.glai.theta, runs[0].glai.theta)
+
+
+def test_two_hidden_layers(digits: LoadedData) -> None:
+    result = run_pipeline(digits, small_config([48, 24]), RecordingHooks())
+    assert len(result.match.glai_hidden) == 2
+    assert result.summary["glai_accuracy"] >= max(0.85, result.summary["warm_start_accuracy"])
+    x = result.standardizer.apply(torch.as_tensor(digits.x[:200]))  # the block takes standardised inputs
+    assert evaluate(result.glai, x, torch.as_tensor(digits.y[:200]))[1] > 0.8
+
+
+def test_cancel_then_resume_skips_finished_phases(digits: LoadedData, tmp_path: Path) -> None:
+    config = small_config([32])
+    reference_hooks = RecordingHooks()
+    reference = run_pipeline(digits, config, reference_hooks)
+    n_structural = sum(e.phase == "structural" for e in reference_hooks.events)
+
+    # stop right after the ridge step of phase 2 (its step 1)
+    hooks = RecordingHooks(checkpoint_dir=tmp_path, stop_after=n_structural + 2)
+    with pytest.raises(Cancelled):
+        run_pipeline(digits, config, hooks)
+    assert (tmp_path / "structural.safetensors").exists() and (tmp_path / "quantitative.safetensors").exists()
+
+    resumed_hooks = RecordingHooks(checkpoint_dir=tmp_path)
+    resumed = run_pipeline(digits, config, resumed_hooks)
+    assert all(e.phase == "quantitative" for e in resumed_hooks.events)
+    assert "structural" not in resumed_hooks.phases
+    quant_steps = [e.step for e in hooks.events + resumed_hooks.events if e.phase == "quantitative"]
+    assert quant_steps == list(range(len(quant_steps))) and quant_steps[-1] >= 2
+    assert torch.equal(resumed.glai.theta, reference.glai.theta)
+    assert resumed.summary["glai_accuracy"] == reference.summary["glai_accuracy"]
+    assert resumed.summary["structural_epochs"] == reference.summary["structural_epochs"]
+
+    # a finished pipeline reruns nothing
+    again_hooks = RecordingHooks(checkpoint_dir=tmp_path)
+    again = run_pipeline(digits, config, again_hooks)
+    assert again_hooks.events == [] and torch.equal(again.glai.theta, reference.glai.theta)
