@@ -1,0 +1,68 @@
+"""Request dependencies: the app's services, one database session per request, the caller's owner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import ApiError
+from api.services import api_keys
+from glai_common.settings import Settings
+from glai_common.storage import LocalStorage
+
+LOCAL_OWNER = "local"  # the owner of every row when auth is disabled
+
+
+@dataclass
+class Services:
+    """Everything a request may need, built once in ``create_app`` (tests build their own)."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+    enqueue: Callable[[str], None]
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def get_db(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
+    """One session per request. Services commit their own unit of work; close() rolls back the rest."""
+    session = services.sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer glai_...`.")
+
+
+def current_owner(
+    services: Annotated[Services, Depends(get_services)],
+    db: Annotated[Session, Depends(get_db)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The owner every query is scoped to. Missing, unknown or revoked keys get the same 401."""
+    if not services.settings.auth_enabled:
+        return LOCAL_OWNER
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
+    owner = api_keys.owner_for_key(db, credentials.credentials)
+    if owner is None:
+        raise ApiError(401, "invalid or revoked API key", headers=challenge)
+    return owner
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+DbDep = Annotated[Session, Depends(get_db)]
+OwnerDep = Annotated[str, Depends(current_owner)]

@@ -1,0 +1,35 @@
+"""Rows -> response schemas (links and artifact URLs are built here, relative to the API root)."""
+
+from __future__ import annotations
+
+from api.schemas import ArtifactOut, DatasetOut, JobBrief, JobLinks, JobOut, TransitionOut
+from glai_common.models import Dataset, Job
+
+API_PREFIX = "/v1"
+
+
+def job_path(job_id: str) -> str:
+    return f"{API_PREFIX}/jobs/{job_id}"
+
+
+def dataset_out(row: Dataset) -> DatasetOut:
+    return DatasetOut.model_validate(row)
+
+
+def job_brief(job: Job) -> JobBrief:
+    return JobBrief.model_validate(job, from_attributes=True)
+
+
+def job_out(job: Job) -> JobOut:
+    base = job_path(job.id)
+    brief = job_brief(job).model_dump()
+    return JobOut(
+        **brief,
+        spec=job.spec or {}, summary=job.summary or {},
+        transitions=[TransitionOut.model_validate(t) for t in job.transitions],
+        artifacts=[ArtifactOut(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, meta=a.meta or {},
+                               created_at=a.created_at, url=f"{base}/artifacts/{a.name}")
+                   for a in job.artifacts],
+        links=JobLinks(self=base, curves=f"{base}/curves", logs=f"{base}/logs",
+                       artifacts=f"{base}/artifacts", cancel=f"{base}/cancel"),
+    )

@@ -1,0 +1,73 @@
+"""/v1/jobs: submit (idempotent), list, read, cancel, delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import DbDep, OwnerDep, ServicesDep
+from api.presenters import job_brief, job_out
+from api.routes.common import errors
+from api.schemas import JobCreate, JobList, JobOut
+from api.services import jobs
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobOut, summary="Submit a training job",
+             responses={200: {"model": JobOut, "description": "Replay: this Idempotency-Key was already "
+                              "used with the same request; the original job is returned, nothing new runs."},
+                        202: {"description": "Accepted: the job is stored (queued) and sent to the workers."},
+                        **errors(404, 409, 422, 503)})
+def submit_job(body: JobCreate, response: Response, services: ServicesDep, db: DbDep, owner: OwnerDep,
+               idempotency_key: Annotated[str | None, Header(
+                   max_length=256, description="Any unique string (e.g. a UUID). Retrying with the same key "
+                   "and the same body returns the same job (200); the same key with a different body is "
+                   "a 409.")] = None) -> JobOut:
+    """Validates the request against the deployment's limits, commits the job (state `queued`), then
+    sends it to the workers. Poll `GET /v1/jobs/{id}` for progress."""
+    job, created = jobs.submit(db, services.settings, owner, body, idempotency_key)
+    if created:
+        jobs.enqueue_or_fail(db, services.enqueue, job)
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_out(job)
+
+
+@router.get("", response_model=JobList, summary="List your jobs, newest first", responses=errors(422))
+def list_jobs(
+    db: DbDep, owner: OwnerDep,
+    state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
+    created_after: Annotated[datetime | None, Query(description="Only jobs created after (ISO-8601).")
+                             ] = None,
+    created_before: Annotated[datetime | None, Query(description="Only jobs created before (ISO-8601).")
+                              ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> JobList:
+    rows, next_cursor = jobs.list_owned(db, owner, state=state, created_after=created_after,
+                                        created_before=created_before, limit=limit, cursor=cursor)
+    return JobList(items=[job_brief(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
+def get_job(job_id: str, db: DbDep, owner: OwnerDep) -> JobOut:
+    return job_out(jobs.get_owned(db, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=errors(404))
+def cancel_job(job_id: str, db: DbDep, owner: OwnerDep) -> JobOut:
+    """Queued: cancelled at once. Running: `cancelling` until the worker stops at its next step.
+    Already finished: unchanged. Always 200 with the job."""
+    return job_out(jobs.cancel(db, owner, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a finished job", responses=errors(404, 409))
+def delete_job(job_id: str, services: ServicesDep, db: DbDep, owner: OwnerDep) -> Response:
+    """Only succeeded, failed or cancelled jobs; removes its curves, logs and artifact files."""
+    jobs.delete(db, services.storage, owner, job_id)
+    return Response(status_code=204)

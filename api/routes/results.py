@@ -1,0 +1,72 @@
+"""A job's outputs: curves, logs and artifact files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from api.deps import DbDep, OwnerDep, ServicesDep
+from api.errors import ApiError
+from api.presenters import job_out
+from api.routes.common import errors
+from api.schemas import ArtifactOut, Curves, LogChunk
+from api.services import curves, downloads, jobs, logs
+from glai_common.models import Artifact
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
+
+
+@router.get("/curves", response_model=Curves, summary="Metric curves", responses=errors(404, 422))
+def get_curves(
+    job_id: str, db: DbDep, owner: OwnerDep,
+    keys: Annotated[list[str] | None, Query(description="Metric names, comma-separated or repeated "
+                                            "(default: all), e.g. `val_accuracy,train_loss`.")] = None,
+    phase: Annotated[str | None, Query(description="Only this phase, e.g. `structural`.")] = None,
+    max_points: Annotated[int | None, Query(
+        ge=2, le=100_000, description="Downsample each series to at most this many points (min/max "
+        "buckets; first and last kept).")] = None,
+) -> Curves:
+    jobs.get_owned(db, owner, job_id)
+    wanted = [k.strip() for item in keys or [] for k in item.split(",") if k.strip()] or None
+    return Curves.model_validate({"series": curves.read_series(db, job_id, wanted, phase, max_points)})
+
+
+@router.get("/logs", response_model=LogChunk, summary="Log text after a byte offset", responses=errors(404))
+def get_logs(job_id: str, db: DbDep, owner: OwnerDep,
+             offset: Annotated[int, Query(ge=0, description="`next_offset` of the previous call (0: from "
+                                          "the start).")] = 0) -> LogChunk:
+    jobs.get_owned(db, owner, job_id)
+    text, next_offset = logs.read_chunk(db, job_id, offset)
+    return LogChunk(text=text, next_offset=next_offset)
+
+
+@router.get("/artifacts", response_model=list[ArtifactOut], summary="List exported models",
+            responses=errors(404))
+def list_artifacts(job_id: str, db: DbDep, owner: OwnerDep) -> list[ArtifactOut]:
+    return job_out(jobs.get_owned(db, owner, job_id)).artifacts
+
+
+@router.get("/artifacts/{name}", summary="Download an exported model", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "The whole file."},
+                       206: {"description": "The requested byte range."},
+                       304: {"description": "Not modified (If-None-Match matched the ETag)."},
+                       **errors(404, 416)})
+def download_artifact(
+    job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
+    range_: Annotated[str | None, Header(alias="Range", description="One byte range: `bytes=0-1023`.")
+                      ] = None,
+    if_none_match: Annotated[str | None, Header(description="An ETag seen before: 304 if unchanged.")
+                             ] = None,
+    if_range: Annotated[str | None, Header(description="Honour Range only if the ETag still matches.")
+                        ] = None,
+) -> Response:
+    """Streams a `.safetensors` file. ETag is the quoted SHA-256; resumable with Range."""
+    jobs.get_owned(db, owner, job_id)
+    artifact = db.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    if artifact is None:
+        raise ApiError(404, f"job '{job_id}' has no artifact '{name}'", "name")
+    return downloads.artifact_response(services.storage, artifact, f"{job_id}-{artifact.name}.safetensors",
+                                       range_, if_none_match, if_range)

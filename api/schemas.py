@@ -1,0 +1,301 @@
+"""Request and response bodies of the v1 API. Every field is documented: this is what /docs shows.
+
+Training settings mirror ``glai_core.config`` and take their defaults from it, so the library stays the
+single source of truth for what a default is. Limits that depend on the deployment (widths, epochs,
+parameters, time) are checked by the job service against ``Settings`` and reported as 422s.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from glai_core.config import (
+    ArchitectureConfig,
+    BaselineConfig,
+    PruningConfig,
+    QuantitativeConfig,
+    StructuralConfig,
+)
+
+_ARCH, _STRUCT, _QUANT = ArchitectureConfig(), StructuralConfig(), QuantitativeConfig()
+_PRUNE, _BASE = PruningConfig(), BaselineConfig()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; everything stored is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware(cls, value: Any) -> Any:
+        return _utc(value) if isinstance(value, datetime) else value
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- errors and health
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    detail: str = Field(description="What went wrong, as one sentence a person can act on.",
+                        examples=["architecture.hidden: at most 4 hidden layers are allowed (got 6)"])
+    field: str | None = Field(None, description="The request field to blame (dotted path), if any.",
+                              examples=["architecture.hidden"])
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"] = Field(description="`ok` when every check passed.")
+    checks: dict[str, str] = Field(default_factory=dict,
+                                   description="Per dependency: `ok` or the error seen.",
+                                   examples=[{"database": "ok", "broker": "ok"}])
+
+
+# ---------------------------------------------------------------- datasets
+
+class BuiltinDatasetCreate(In):
+    """Materialise one of the bundled datasets (no download happens)."""
+
+    name: str = Field(description="Built-in dataset name, e.g. `digits` or `mnist1d`.", examples=["digits"])
+    seed: int = Field(0, ge=0, description="Seed for datasets that are generated or split randomly.")
+    display_name: str | None = Field(None, max_length=256,
+                                     description="Name to show; defaults to the built-in name.")
+
+
+class DatasetOut(Out):
+    """A stored, validated dataset. Its arrays live under the storage key; rows never hold data."""
+
+    id: str = Field(description="Dataset id (32 hex characters).",
+                    examples=["4f1c0e2a9b7d4e3f8a6b5c4d3e2f1a0b"])
+    name: str = Field(description="Display name given at upload (or the built-in name).")
+    kind: str = Field(description="`features` (numeric table); `text`/`images` come with a backbone.")
+    source: str = Field(description="`upload` or `builtin`.")
+    file_format: str = Field(description="Format of the original file: npz, csv, parquet or builtin.")
+    label_column: str | None = Field(description="Column used as the label for csv/parquet uploads.")
+    sha256: str = Field(description="SHA-256 of the uploaded file (of the stored arrays for built-ins).")
+    size_bytes: int = Field(description="Size of the uploaded file in bytes.")
+    n_samples: int = Field(description="Training samples.")
+    n_features: int = Field(description="Input features per sample (d).")
+    n_classes: int = Field(description="Number of classes (m).")
+    n_validation: int = Field(description="Samples in a validation split shipped with the data (0: none).")
+    class_names: list[Any] = Field(description="Class labels in the order of the model's outputs.")
+    created_at: datetime = Field(description="When the dataset was stored (UTC).")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut] = Field(description="Datasets, newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+# ---------------------------------------------------------------- jobs: request
+
+class ArchitectureIn(In):
+    """The reference MLP you would have trained; GLAI's widths are derived from it."""
+
+    hidden: list[int] = Field(default_factory=lambda: list(_ARCH.hidden), min_length=1,
+                              description="Hidden widths of the reference MLP, input side first.",
+                              examples=[[256], [512, 256]])
+    reduction_factor: Literal["auto"] | float = Field(
+        "auto", description="GLAI width = reference width / r. `auto` picks r so that GLAI's trainable "
+        "parameters match the reference MLP's.", examples=["auto", 4.0])
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 for w in widths):
+            raise ValueError("every hidden width must be at least 1")
+        return widths
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _factor(cls, r: str | float) -> str | float:
+        if not isinstance(r, str) and not r > 0:
+            raise ValueError("reduction_factor must be 'auto' or a number above 0")
+        return r
+
+
+class StructuralIn(In):
+    """Phase 1: train the structural MLP until its gating pattern stops changing."""
+
+    max_epochs: int = Field(_STRUCT.max_epochs, ge=1, description="Upper bound on structural epochs.")
+    min_epochs: int = Field(_STRUCT.min_epochs, ge=0, description="Epochs always run before checking.")
+    threshold: float = Field(_STRUCT.threshold, gt=0, le=1,
+                             description="Path distance between epochs below which the structure is stable.")
+    window: int = Field(_STRUCT.window, ge=1, description="Consecutive stable checks needed to freeze.")
+    lr: float = Field(_STRUCT.lr, gt=0, le=10, description="Adam learning rate.")
+    batch_size: int = Field(_STRUCT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+    weight_decay: float = Field(_STRUCT.weight_decay, ge=0, description="Adam weight decay.")
+    probe_size: int = Field(_STRUCT.probe_size, ge=1, description="Samples used to measure path distance.")
+
+    @model_validator(mode="after")
+    def _order(self) -> StructuralIn:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError("min_epochs must not exceed max_epochs")
+        return self
+
+
+class QuantitativeIn(In):
+    """Phase 2: fit the path weights with the structure frozen."""
+
+    solver: Literal["adam", "ridge", "ridge+adam"] = Field(
+        _QUANT.solver, description="`ridge`: closed form; `adam`: gradient descent; `ridge+adam`: both.")
+    warm_start: bool = Field(_QUANT.warm_start, description="Start from the structural MLP's function.")
+    epochs: int = Field(_QUANT.epochs, ge=0, description="Adam epochs (0: none).")
+    lr: float = Field(_QUANT.lr, gt=0, le=10, description="Adam learning rate.")
+    batch_size: int = Field(_QUANT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+    ridge_lambda: float = Field(_QUANT.ridge_lambda, ge=0, description="Ridge regularisation strength.")
+    patience: int = Field(_QUANT.patience, ge=1, description="Epochs without improvement before stopping.")
+
+
+class PruningIn(In):
+    """Path-norm pruning after training, one exported model per sparsity."""
+
+    enabled: bool = Field(_PRUNE.enabled, description="Run the pruning sweep.")
+    sparsities: list[float] = Field(default_factory=lambda: list(_PRUNE.sparsities), max_length=20,
+                                    description="Fractions to remove, each in (0, 1).", examples=[[0.5, 0.9]])
+    structured: bool = Field(_PRUNE.structured, description="Remove whole units (true) or single paths.")
+    finetune_epochs: int = Field(_PRUNE.finetune_epochs, ge=0, description="Fine-tuning epochs per level.")
+    lr: float = Field(_PRUNE.lr, gt=0, le=10, description="Fine-tuning learning rate.")
+
+    @field_validator("sparsities")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("every sparsity must lie strictly between 0 and 1")
+        return sorted(set(values))
+
+
+class BaselineIn(In):
+    """A parameter-matched MLP trained the usual way, for comparison."""
+
+    enabled: bool = Field(_BASE.enabled, description="Train the MLP baseline.")
+    max_epochs: int = Field(_BASE.max_epochs, ge=1, description="Upper bound on baseline epochs.")
+    patience: int = Field(_BASE.patience, ge=1, description="Epochs without improvement before stopping.")
+    lr: float = Field(_BASE.lr, gt=0, le=10, description="Adam learning rate.")
+    batch_size: int = Field(_BASE.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+
+
+class JobCreate(In):
+    """A training request. Everything but `dataset_id` is optional; defaults come from glai_core."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"dataset_id": "4f1c0e2a9b7d4e3f8a6b5c4d3e2f1a0b", "architecture": {"hidden": [256]},
+         "structural": {"max_epochs": 20}, "pruning": {"sparsities": [0.5, 0.9]}, "seed": 1}]})
+
+    dataset_id: str = Field(min_length=1, max_length=64, description="Id of one of your datasets.")
+    architecture: ArchitectureIn = Field(default_factory=ArchitectureIn)
+    structural: StructuralIn = Field(default_factory=StructuralIn)
+    quantitative: QuantitativeIn = Field(default_factory=QuantitativeIn)
+    pruning: PruningIn = Field(default_factory=PruningIn)
+    baseline: BaselineIn = Field(default_factory=BaselineIn)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for initialisation, shuffling and splits.")
+    validation_fraction: float = Field(0.2, gt=0, lt=1,
+                                       description="Share held out for validation when the dataset has no "
+                                       "validation split of its own.")
+    time_limit_s: int | None = Field(None, ge=1, description="Wall-clock limit; the job fails with kind "
+                                     "`timeout` past it. Default: GLAI_DEFAULT_JOB_TIME_LIMIT_S.")
+
+
+# ---------------------------------------------------------------- jobs: response
+
+class TransitionOut(Out):
+    """One recorded change of the job's state or phase."""
+
+    field: str = Field(description="`state` or `phase`.")
+    from_value: str | None = Field(description="Value before (null at creation).")
+    to_value: str = Field(description="Value after.")
+    reason: str = Field(description="Why, in words (may be empty).")
+    at: datetime = Field(description="When (UTC).")
+
+
+class ArtifactOut(Out):
+    """An exported model file (safetensors; metadata in its header under `glai`)."""
+
+    name: str = Field(description="`trained`, `pruned-<pct>` or `baseline`.", examples=["trained"])
+    size_bytes: int = Field(description="File size in bytes.")
+    sha256: str = Field(description="SHA-256 of the file; also its ETag.")
+    meta: dict[str, Any] = Field(description="Summary metadata (accuracy, sparsity, parameters...).")
+    created_at: datetime = Field(description="When it was exported (UTC).")
+    url: str = Field(description="Download path, relative to the API root.",
+                     examples=["/v1/jobs/4f1c.../artifacts/trained"])
+
+
+class JobLinks(BaseModel):
+    self: str = Field(description="This job.")
+    curves: str = Field(description="Metric curves.")
+    logs: str = Field(description="Log text.")
+    artifacts: str = Field(description="Artifact list.")
+    cancel: str = Field(description="POST here to cancel.")
+
+
+class JobBrief(Out):
+    """A job as listed: state and progress without its history."""
+
+    id: str = Field(description="Job id (32 hex characters).")
+    dataset_id: str = Field(description="The dataset it trains on.")
+    state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
+    phase: str | None = Field(description="While running: embedding, structural, quantitative, pruning, "
+                              "baseline or exporting.")
+    progress: float = Field(description="Fraction of the current phase done, 0..1.")
+    epoch: int | None = Field(description="Current epoch within the phase, if any.")
+    cancel_requested: bool = Field(description="A cancel was asked for and not yet honoured.")
+    failure_kind: str | None = Field(description="When failed: user_error, gpu_oom, timeout, worker_lost "
+                                     "or internal.")
+    failure_message: str | None = Field(description="When failed: what happened.")
+    time_limit_s: int = Field(description="Wall-clock limit in seconds.")
+    attempts: int = Field(description="Times a worker started it (above 1 after a lost worker).")
+    created_at: datetime = Field(description="Submission time (UTC).")
+    started_at: datetime | None = Field(description="First start (UTC).")
+    finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
+    updated_at: datetime = Field(description="Last change (UTC).")
+
+
+class JobOut(JobBrief):
+    """A job with its spec, history, results and links."""
+
+    spec: dict[str, Any] = Field(description="The validated request: `config` (glai_core TrainConfig), "
+                                 "`backbone`, `validation_fraction`.")
+    summary: dict[str, Any] = Field(description="Results once known: accuracies, timings, parameter counts.")
+    transitions: list[TransitionOut] = Field(description="Every state and phase change, oldest first.")
+    artifacts: list[ArtifactOut] = Field(description="Exported models.")
+    links: JobLinks = Field(description="Related endpoints, relative to the API root.")
+
+
+class JobList(BaseModel):
+    items: list[JobBrief] = Field(description="Jobs, newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+# ---------------------------------------------------------------- curves and logs
+
+class CurvePointOut(BaseModel):
+    step: int = Field(description="Epoch within the phase (sparsity level index for pruning).")
+    value: float = Field(description="Metric value.")
+    wall_time: float = Field(description="Seconds since the phase started.")
+
+
+class CurveSeries(BaseModel):
+    key: str = Field(description="Metric name, e.g. `val_accuracy`.", examples=["val_accuracy"])
+    phase: str = Field(description="Phase that produced it.", examples=["structural"])
+    total_points: int = Field(description="Points stored before downsampling.")
+    points: list[CurvePointOut] = Field(description="Points in step order (downsampled when asked).")
+
+
+class Curves(BaseModel):
+    series: list[CurveSeries] = Field(description="One entry per (metric, phase).")
+
+
+class LogChunk(BaseModel):
+    text: str = Field(description="Log text from `offset` on (whole lines).")
+    next_offset: int = Field(description="Byte offset to ask for next; equal to `offset` when nothing new.")

@@ -1,0 +1,1 @@
+"""Small service functions the routes call: one module per domain, no HTTP objects beyond ApiError."""

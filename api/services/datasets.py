@@ -1,0 +1,198 @@
+"""Datasets: validate an upload or a built-in, store its canonical files, then commit the row.
+
+Order matters for "a 4xx never leaves anything half-stored": parse and validate in a staging
+directory, copy the files under ``datasets/<id>/``, and only then commit the row; if anything after the
+copy fails the files are removed. Each dataset ``kind`` has an ingester; text and image kinds (with a
+frozen backbone) register theirs in ``INGESTERS`` without touching the route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found
+from api.services.pagination import page, split_page
+from glai_common.models import Dataset, FeatureCache, Job, new_id
+from glai_common.states import FINAL_STATES
+from glai_common.storage import LocalStorage
+
+
+@dataclass
+class UploadSpec:
+    """What the client said about an upload, besides the file itself."""
+
+    name: str
+    kind: str
+    file_format: str
+    label_column: str | None
+    fields: dict[str, str] = field(default_factory=dict)  # every form field, for kinds that need more
+
+
+@dataclass
+class Ingested:
+    """What an ingester leaves in its staging directory and reports about it."""
+
+    n_samples: int
+    n_features: int
+    n_classes: int
+    n_validation: int
+    class_names: list[object]
+    text_column: str | None = None
+
+
+Ingester = Callable[[Path, UploadSpec, Path], Ingested]
+
+
+def _data_error(exc: Exception) -> ApiError:
+    message = getattr(exc, "message", None) or str(exc) or "the data could not be read"
+    return ApiError(422, message, getattr(exc, "field", None) or "file")
+
+
+def _describe(data: object) -> Ingested:
+    x, y = data.x, data.y  # type: ignore[attr-defined]
+    x_val = getattr(data, "x_val", None)
+    class_names = list(getattr(data, "class_names", None) or sorted({int(v) for v in y}))
+    return Ingested(n_samples=int(x.shape[0]), n_features=int(x.shape[1]), n_classes=len(class_names),
+                    n_validation=0 if x_val is None else int(x_val.shape[0]),
+                    class_names=[_plain(c) for c in class_names])
+
+
+def _plain(value: object) -> object:
+    """numpy scalars -> Python, so class names serialise as JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
+    from glai_core import data as gdata
+
+    try:
+        loaded = gdata.load_file(path, spec.file_format, label_column=spec.label_column)
+    except gdata.DataError as exc:
+        raise _data_error(exc) from exc
+    except Exception as exc:  # a parser's own error on a malformed file is still the upload's fault
+        raise ApiError(422, f"could not read the file as {spec.file_format}: {exc}", "file") from exc
+    gdata.save_canonical(staging, loaded)
+    return _describe(loaded)
+
+
+INGESTERS: dict[str, Ingester] = {"features": ingest_features}
+FORMATS: dict[str, dict[str, str]] = {  # kind -> file extension -> file_format
+    "features": {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"},
+}
+
+
+def resolve_format(kind: str, filename: str | None, declared: str | None) -> str:
+    if kind not in INGESTERS:
+        raise ApiError(422, f"unknown dataset kind '{kind}'; one of: {', '.join(sorted(INGESTERS))}", "kind")
+    allowed = FORMATS[kind]
+    if declared:
+        if declared not in set(allowed.values()):
+            raise ApiError(422, f"format '{declared}' is not supported for kind '{kind}'; one of: "
+                                f"{', '.join(sorted(set(allowed.values())))}", "format")
+        return declared
+    suffix = Path(filename or "").suffix.lower()
+    if suffix not in allowed:
+        raise ApiError(422, f"cannot tell the format of '{filename or ''}': use one of "
+                            f"{', '.join(sorted(allowed))} (or send the 'format' field)", "file")
+    return allowed[suffix]
+
+
+def _store(db: Session, storage: LocalStorage, staging: Path, row: Dataset) -> Dataset:
+    """Copy staged files under the row's key (datasets/<id>), then commit the row; undo the files if
+    that fails."""
+    try:
+        for item in sorted(staging.iterdir()):
+            if item.is_file():
+                storage.put_file(f"{row.storage_key}/{item.name}", item)
+        db.add(row)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        storage.delete_prefix(row.storage_key)
+        raise
+    return row
+
+
+def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, upload: Path,
+                       spec: UploadSpec, sha256: str, size_bytes: int) -> Dataset:
+    ident = new_id()
+    with tempfile.TemporaryDirectory(prefix="dataset-", dir=tmp_dir) as staging_dir:
+        staging = Path(staging_dir)
+        info = INGESTERS[spec.kind](upload, spec, staging)
+        row = Dataset(id=ident, owner=owner, name=spec.name, kind=spec.kind, source="upload",
+                      file_format=spec.file_format, label_column=spec.label_column,
+                      text_column=info.text_column, sha256=sha256, size_bytes=size_bytes,
+                      n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
+                      n_validation=info.n_validation, class_names=info.class_names,
+                      storage_key=f"datasets/{ident}")
+        return _store(db, storage, staging, row)
+
+
+def create_builtin(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, name: str, seed: int,
+                   display_name: str | None) -> Dataset:
+    from glai_core import data as gdata
+
+    if name not in gdata.BUILTIN_NAMES:
+        raise ApiError(422, f"unknown built-in dataset '{name}'; one of: {', '.join(gdata.BUILTIN_NAMES)}",
+                       "name")
+    try:
+        loaded = gdata.builtin(name, seed=seed)
+    except gdata.DataError as exc:
+        raise _data_error(exc) from exc
+    ident = new_id()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dataset-", dir=tmp_dir) as staging_dir:
+        staging = Path(staging_dir)
+        gdata.save_canonical(staging, loaded)
+        info = _describe(loaded)
+        digest, size = hashlib.sha256(), 0
+        for item in sorted(p for p in staging.iterdir() if p.is_file()):
+            with item.open("rb") as handle:
+                while block := handle.read(1024 * 1024):
+                    digest.update(block)
+                    size += len(block)
+        row = Dataset(id=ident, owner=owner, name=display_name or name, kind="features", source="builtin",
+                      file_format="builtin", label_column=None, sha256=digest.hexdigest(), size_bytes=size,
+                      n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
+                      n_validation=info.n_validation, class_names=info.class_names,
+                      storage_key=f"datasets/{ident}")
+        return _store(db, storage, staging, row)
+
+
+def get_owned(db: Session, owner: str, dataset_id: str, field_name: str | None = None) -> Dataset:
+    row = db.get(Dataset, dataset_id)
+    if row is None or row.owner != owner:  # another owner's id is indistinguishable from a missing one
+        raise not_found("dataset", dataset_id, field_name)
+    return row
+
+
+def list_owned(db: Session, owner: str, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
+    rows = db.scalars(page(select(Dataset).where(Dataset.owner == owner), Dataset, cursor, limit)).all()
+    return split_page(list(rows), limit)
+
+
+def delete(db: Session, storage: LocalStorage, owner: str, dataset_id: str) -> None:
+    """Refuse while any job refers to it (jobs keep pointing at their data); else drop row, then files."""
+    row = get_owned(db, owner, dataset_id)
+    total, active = db.execute(
+        select(func.count(Job.id), func.count(Job.id).filter(Job.state.not_in(FINAL_STATES)))
+        .where(Job.dataset_id == dataset_id)).one()
+    if total:
+        which = f"{active} of them still active" if active else "all finished"
+        raise ApiError(409, f"dataset '{dataset_id}' is used by {total} job(s) ({which}); "
+                            "delete those jobs first", "dataset_id")
+    caches = db.scalars(select(FeatureCache.storage_key).where(FeatureCache.dataset_id == dataset_id)).all()
+    db.delete(row)
+    db.commit()
+    # The row is gone first: a crash here leaves orphan files, never a row pointing at nothing.
+    storage.delete_prefix(row.storage_key)
+    storage.delete_prefix(f"features/{dataset_id}")
+    for key in caches:
+        storage.delete_prefix(key)

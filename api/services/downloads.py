@@ -1,0 +1,106 @@
+"""Artifact downloads: ETag/If-None-Match and single byte ranges, streamed from storage in chunks.
+
+Multi-range requests and malformed Range headers are ignored (RFC 9110 allows it) and get the whole
+file with 200; a syntactically valid range that starts past the end gets 416.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi.responses import Response, StreamingResponse
+
+from api.errors import ApiError
+from glai_common.models import Artifact
+from glai_common.storage import LocalStorage
+
+CHUNK = 256 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def etag_for(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match uses weak comparison: W/ prefixes are ignored, `*` matches anything."""
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return any(t == "*" or t.removeprefix("W/") == etag for t in tags)
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """One byte range or None for 'send everything'; raises 416 when it cannot be satisfied."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip().replace(" ", ""))
+    if match is None:  # several ranges or not bytes: ignore the header
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return ByteRange(max(size - length, 0), size - 1)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None  # invalid per RFC: ignore
+    if start >= size:
+        raise _unsatisfiable(size)
+    return ByteRange(start, end)
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(416, f"requested range is outside the file ({size} bytes)", "Range",
+                    headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
+
+
+def _stream(storage: LocalStorage, key: str, start: int, length: int) -> Iterator[bytes]:
+    with storage.open(key) as handle:
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            block = handle.read(min(CHUNK, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            yield block
+
+
+def artifact_response(storage: LocalStorage, artifact: Artifact, filename: str, range_header: str | None,
+                      if_none_match: str | None, if_range: str | None) -> Response:
+    etag = etag_for(artifact.sha256)
+    common = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=common)
+    if not storage.exists(artifact.storage_key):
+        raise ApiError(410, f"the file of artifact '{artifact.name}' is missing from storage", None)
+    size = storage.size(artifact.storage_key)
+    if if_range is not None and if_range.strip() != etag:
+        range_header = None  # the client's copy is stale: send the whole current file
+    byte_range = parse_range(range_header, size)
+    headers = {**common, "Content-Disposition": f'attachment; filename="{filename}"'}
+    if byte_range is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(_stream(storage, artifact.storage_key, 0, size), status_code=200,
+                                 media_type="application/octet-stream", headers=headers)
+    headers["Content-Length"] = str(byte_range.length)
+    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+    return StreamingResponse(_stream(storage, artifact.storage_key, byte_range.start, byte_range.length),
+                             status_code=206, media_type="application/octet-stream", headers=headers)

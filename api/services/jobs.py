@@ -1,0 +1,188 @@
+"""Jobs: validate a request against the deployment's limits, store it (state row + first transition +
+idempotency key in one commit), enqueue after the commit, read, cancel and delete.
+
+State changes go through ``glai_common.jobs`` / ``glai_common.states``; nothing here writes ``state``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found
+from api.schemas import JobCreate
+from api.services import datasets
+from api.services.pagination import as_utc, page, split_page
+from glai_common import jobs as job_repo
+from glai_common.models import Dataset, IdempotencyKey, Job, JobTransition, new_id
+from glai_common.settings import Settings
+from glai_common.states import FAILED, FINAL_STATES, QUEUED, STATES, transition
+from glai_common.storage import LocalStorage
+from glai_core.config import TrainConfig
+from glai_core.model import match_parameters
+
+log = logging.getLogger("glai.api")
+
+
+def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int]:
+    """The stored spec (contract: config + backbone + validation_fraction) and the resolved time limit."""
+    r = body.architecture.reduction_factor
+    config = TrainConfig.from_dict({
+        "architecture": {"hidden": list(body.architecture.hidden),
+                         "reduction_factor": None if r == "auto" else float(r)},
+        "structural": body.structural.model_dump(), "quantitative": body.quantitative.model_dump(),
+        "pruning": body.pruning.model_dump(), "baseline": body.baseline.model_dump(), "seed": body.seed,
+    })
+    spec = {"config": config.to_dict(), "backbone": None, "validation_fraction": body.validation_fraction}
+    return spec, body.time_limit_s or settings.default_job_time_limit_s
+
+
+def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int) -> str:
+    """Hash of the request's meaning (defaults filled in), so `{}` and the explicit defaults agree."""
+    doc = {"dataset_id": dataset_id, "spec": spec, "time_limit_s": time_limit_s}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_limits(spec: dict[str, Any], time_limit_s: int, dataset: Dataset, settings: Settings) -> None:
+    """Deployment limits, each reported as a 422 naming the field, the value and the setting."""
+    config = spec["config"]
+    hidden: list[int] = config["architecture"]["hidden"]
+    if len(hidden) > settings.max_hidden_layers:
+        raise ApiError(422, f"at most {settings.max_hidden_layers} hidden layers are allowed (got "
+                            f"{len(hidden)}; GLAI_MAX_HIDDEN_LAYERS)", "architecture.hidden")
+    for index, width in enumerate(hidden):
+        if width > settings.max_hidden_width:
+            raise ApiError(422, f"hidden width {width} is above the limit of {settings.max_hidden_width} "
+                                "(GLAI_MAX_HIDDEN_WIDTH)", f"architecture.hidden.{index}")
+    epochs = {"structural.max_epochs": config["structural"]["max_epochs"],
+              "quantitative.epochs": config["quantitative"]["epochs"],
+              "pruning.finetune_epochs": config["pruning"]["finetune_epochs"],
+              "baseline.max_epochs": config["baseline"]["max_epochs"]}
+    for name, value in epochs.items():
+        if value > settings.max_epochs:
+            raise ApiError(422, f"{name} is {value}, above the limit of {settings.max_epochs} epochs "
+                                "(GLAI_MAX_EPOCHS)", name)
+    if time_limit_s > settings.max_job_time_limit_s:
+        raise ApiError(422, f"time_limit_s is {time_limit_s}, above the limit of "
+                            f"{settings.max_job_time_limit_s} s (GLAI_MAX_JOB_TIME_LIMIT_S)", "time_limit_s")
+    try:
+        match = match_parameters(dataset.n_features, hidden, dataset.n_classes,
+                                 config["architecture"]["reduction_factor"])
+    except ValueError as exc:
+        raise ApiError(422, f"architecture cannot be matched: {exc}", "architecture") from exc
+    largest = max(match.glai_trainable_params, match.mlp_params)
+    if largest > settings.max_trainable_params:
+        raise ApiError(422, f"this architecture needs about {largest:,} trainable parameters on this dataset "
+                            f"(d={dataset.n_features}, m={dataset.n_classes}), above the limit of "
+                            f"{settings.max_trainable_params:,} (GLAI_MAX_TRAINABLE_PARAMS); use smaller "
+                            "hidden widths or a larger reduction_factor", "architecture.hidden")
+
+
+def _replay(db: Session, owner: str, key: str, digest: str) -> Job | None:
+    row = db.scalar(select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key))
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise ApiError(409, f"Idempotency-Key '{key}' was already used with a different request "
+                            f"(job {row.job_id}); use a new key for a new job", "Idempotency-Key")
+    return db.get(Job, row.job_id)
+
+
+def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
+           idempotency_key: str | None) -> tuple[Job, bool]:
+    """Store the job (queued) and return (job, created). A replayed key returns the original job."""
+    spec, time_limit_s = build_spec(body, settings)
+    digest = request_hash(body.dataset_id, spec, time_limit_s)
+    if idempotency_key and (job := _replay(db, owner, idempotency_key, digest)) is not None:
+        return job, False
+
+    dataset = datasets.get_owned(db, owner, body.dataset_id, "dataset_id")
+    check_limits(spec, time_limit_s, dataset, settings)
+    job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, state=QUEUED, spec=spec,
+              time_limit_s=time_limit_s)
+    db.add(job)
+    db.add(JobTransition(job_id=job.id, field="state", from_value=None, to_value=QUEUED, reason="submitted"))
+    if idempotency_key:
+        db.flush()  # the key row has no ORM relationship to order it after the job's insert
+        db.add(IdempotencyKey(owner=owner, key=idempotency_key, request_hash=digest, job_id=job.id))
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()  # a concurrent request with the same key won the race: answer as a replay
+        if idempotency_key and (job := _replay(db, owner, idempotency_key, digest)) is not None:
+            return job, False
+        raise
+    return job, True
+
+
+def enqueue_or_fail(db: Session, enqueue: Callable[[str], None], job: Job) -> None:
+    """Send the committed job to the broker. If the broker is unreachable the job is failed (it would
+    never run) and its idempotency key released, so retrying the same request makes a new job."""
+    try:
+        enqueue(job.id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job.id)
+        locked = job_repo.lock_job(db, job.id)
+        if locked is not None and locked.state == QUEUED:
+            transition(db, locked, FAILED, reason=f"the job queue was unreachable: {exc}",
+                       failure_kind="internal")
+        db.execute(sql_delete(IdempotencyKey).where(IdempotencyKey.job_id == job.id))
+        db.commit()
+        raise ApiError(503, "the job queue (broker) is unreachable, so the job could not be started; "
+                            "retry later", None, extra={"job_id": job.id}) from exc
+
+
+def get_owned(db: Session, owner: str, job_id: str) -> Job:
+    job = db.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise not_found("job", job_id)
+    return job
+
+
+def list_owned(db: Session, owner: str, *, state: str | None, created_after: datetime | None,
+               created_before: datetime | None, limit: int,
+               cursor: str | None) -> tuple[list[Job], str | None]:
+    query = select(Job).where(Job.owner == owner)
+    if state is not None:
+        if state not in STATES:
+            raise ApiError(422, f"unknown state '{state}'; one of: {', '.join(STATES)}", "state")
+        query = query.where(Job.state == state)
+    if created_after is not None:
+        query = query.where(Job.created_at > as_utc(created_after))
+    if created_before is not None:
+        query = query.where(Job.created_at < as_utc(created_before))
+    rows = db.scalars(page(query, Job, cursor, limit)).all()
+    return split_page(list(rows), limit)
+
+
+def cancel(db: Session, owner: str, job_id: str) -> Job:
+    """queued -> cancelled now; running -> cancelling (the worker stops at its next step); else as is."""
+    get_owned(db, owner, job_id)
+    job = job_repo.request_cancel(db, job_id, reason="cancelled by the user")
+    db.commit()
+    assert job is not None
+    db.expire(job)  # reload transitions with the new row
+    return job
+
+
+def delete(db: Session, storage: LocalStorage, owner: str, job_id: str) -> None:
+    """Only finished jobs; the rows go first, then the files (an orphan file beats a dangling row)."""
+    job = get_owned(db, owner, job_id)
+    if job.state not in FINAL_STATES:
+        raise ApiError(409, f"job '{job_id}' is {job.state}; cancel it and wait until it has finished "
+                            "before deleting it", "state")
+    keys = [artifact.storage_key for artifact in job.artifacts]
+    db.delete(job)
+    db.commit()
+    for key in keys:
+        storage.delete_prefix(key)
+    storage.delete_prefix(f"jobs/{job_id}")

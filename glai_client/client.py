@@ -1,0 +1,252 @@
+"""A small typed client for the GLAI REST API (v1), over httpx.
+
+    from glai_client.client import GlaiClient
+    with GlaiClient("http://127.0.0.1:8000", api_key="glai_...") as glai:
+        ds = glai.builtin_dataset("digits")
+        job = glai.submit_job(ds["id"], {"architecture": {"hidden": [64]}}, idempotency_key="run-1")
+        job = glai.wait(job["id"])
+        glai.download_artifact(job["id"], "trained", "trained.safetensors")
+
+Responses are the API's JSON as ``TypedDict``s; errors raise ``GlaiError`` with the API's message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypedDict, cast
+
+import httpx
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class Dataset(TypedDict):
+    id: str
+    name: str
+    kind: str
+    source: str
+    file_format: str
+    label_column: str | None
+    sha256: str
+    size_bytes: int
+    n_samples: int
+    n_features: int
+    n_classes: int
+    n_validation: int
+    class_names: list[Any]
+    created_at: str
+
+
+class Artifact(TypedDict):
+    name: str
+    size_bytes: int
+    sha256: str
+    meta: dict[str, Any]
+    created_at: str
+    url: str
+
+
+class Job(TypedDict, total=False):
+    id: str
+    dataset_id: str
+    state: str
+    phase: str | None
+    progress: float
+    epoch: int | None
+    cancel_requested: bool
+    failure_kind: str | None
+    failure_message: str | None
+    time_limit_s: int
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+    transitions: list[dict[str, Any]]
+    artifacts: list[Artifact]
+    links: dict[str, str]
+
+
+class Page(TypedDict):
+    items: list[Any]
+    next_cursor: str | None
+
+
+class LogChunk(TypedDict):
+    text: str
+    next_offset: int
+
+
+class GlaiError(Exception):
+    """An error answer from the API (or no answer at all: ``status`` 0)."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        where = f" [{field}]" if field else ""
+        super().__init__(f"{status}: {detail}{where}" if status else detail)
+        self.status, self.detail, self.field = status, detail, field
+
+
+class GlaiClient:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = (base_url or os.environ.get("GLAI_API_URL") or DEFAULT_URL).rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def __enter__(self) -> GlaiClient:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise GlaiError(0, f"cannot reach the GLAI API at {self.base_url}: {exc}") from exc
+        _raise_for_error(response)
+        return response
+
+    # ------------------------------------------------------------------ datasets
+    def upload_dataset(self, path: str | Path, name: str | None = None, label_column: str | None = None,
+                       kind: str | None = None, file_format: str | None = None) -> Dataset:
+        """Upload a .npz/.csv/.parquet file (streamed from disk)."""
+        path = Path(path)
+        fields = {k: v for k, v in {"name": name or path.name, "label_column": label_column, "kind": kind,
+                                     "format": file_format}.items() if v}
+        with path.open("rb") as handle:
+            response = self._request("POST", "/v1/datasets", data=fields,
+                                     files={"file": (path.name, handle, "application/octet-stream")})
+        return cast(Dataset, response.json())
+
+    def builtin_dataset(self, name: str, seed: int = 0) -> Dataset:
+        return cast(Dataset, self._request("POST", "/v1/datasets/builtin",
+                                           json={"name": name, "seed": seed}).json())
+
+    def list_datasets(self, limit: int = 50, cursor: str | None = None) -> Page:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return cast(Page, self._request("GET", "/v1/datasets", params=params).json())
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self._request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # ------------------------------------------------------------------ jobs
+    def submit_job(self, dataset_id: str, settings: dict[str, Any] | None = None,
+                   idempotency_key: str | None = None) -> Job:
+        """``settings``: any of architecture, structural, quantitative, pruning, baseline, seed,
+        validation_fraction, time_limit_s (see the API docs)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"dataset_id": dataset_id, **(settings or {})}
+        return cast(Job, self._request("POST", "/v1/jobs", json=body, headers=headers).json())
+
+    def get_job(self, job_id: str) -> Job:
+        return cast(Job, self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list_jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None,
+                  created_after: str | None = None, created_before: str | None = None) -> Page:
+        params = {k: v for k, v in {"state": state, "limit": limit, "cursor": cursor,
+                                    "created_after": created_after, "created_before": created_before}.items()
+                  if v is not None}
+        return cast(Page, self._request("GET", "/v1/jobs", params=params).json())
+
+    def iter_jobs(self, state: str | None = None) -> Iterator[Job]:
+        cursor: str | None = None
+        while True:
+            page = self.list_jobs(state=state, limit=200, cursor=cursor)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 1.0,
+             on_update: Callable[[Job], None] | None = None) -> Job:
+        """Poll until the job is final (or ``timeout`` seconds pass: TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["state"] in FINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> Job:
+        return cast(Job, self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def delete_job(self, job_id: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    # ------------------------------------------------------------------ results
+    def curves(self, job_id: str, keys: list[str] | None = None, phase: str | None = None,
+               max_points: int | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"keys": ",".join(keys) if keys else None, "phase": phase,
+                                    "max_points": max_points}.items() if v is not None}
+        return cast(dict[str, Any], self._request("GET", f"/v1/jobs/{job_id}/curves", params=params).json())
+
+    def logs(self, job_id: str, offset: int = 0) -> LogChunk:
+        response = self._request("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+        return cast(LogChunk, response.json())
+
+    def artifacts(self, job_id: str) -> list[Artifact]:
+        return cast(list[Artifact], self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
+
+    def download_artifact(self, job_id: str, name: str, dest: str | Path,
+                          on_progress: Callable[[int, int], None] | None = None) -> Path:
+        """Stream an artifact to ``dest`` (a file, or a directory to put ``<name>.safetensors`` in).
+        A partial ``dest.part`` left by an interrupted download is resumed with a Range request."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / f"{name}.safetensors"
+        part = dest.with_name(dest.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        url = f"/v1/jobs/{job_id}/artifacts/{name}"
+        try:
+            with self._http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 416:  # the part is already complete (or stale): start over
+                    part.unlink(missing_ok=True)
+                    return self.download_artifact(job_id, name, dest, on_progress)
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_error(response)
+                mode = "ab" if response.status_code == 206 else "wb"
+                done = have if mode == "ab" else 0
+                total = done + int(response.headers.get("Content-Length", 0))
+                with part.open(mode) as handle:
+                    for block in response.iter_bytes(256 * 1024):
+                        handle.write(block)
+                        done += len(block)
+                        if on_progress is not None:
+                            on_progress(done, total)
+        except httpx.TransportError as exc:
+            raise GlaiError(0, f"download interrupted ({exc}); run it again to resume") from exc
+        part.replace(dest)
+        return dest
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        detail, field = str(body.get("detail", response.reason_phrase)), body.get("field")
+    except ValueError:
+        detail, field = response.text[:500] or response.reason_phrase, None
+    raise GlaiError(response.status_code, detail, field)

@@ -1,0 +1,170 @@
+"""`glai serve`: migrate, then run the API (uvicorn) and one Celery worker as child processes, and stop
+both together (Ctrl-C, SIGTERM, or either child dying).
+
+Children are started with the same ``GLAI_*`` environment, with ``GLAI_DATA_DIR`` made absolute, so
+the embedded defaults (SQLite database and sqla+sqlite broker under the data directory) line up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+
+from glai_client.config import local_key_path
+
+STOP_GRACE_S = 20.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ensure_local_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
+    """The local key from ``<data_dir>/local_api_key``, created (mode 0600) on first start, and again
+    if the database no longer knows it (revoked, or the database was reset)."""
+    from sqlalchemy.orm import Session
+
+    from api.services.api_keys import create_key, owner_for_key
+    from glai_common.db import make_engine
+
+    path = local_key_path(data_dir)
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            if path.is_file():
+                key = path.read_text(encoding="utf-8").strip()
+                if owner_for_key(session, key) is not None:
+                    return key, False
+                path.unlink()
+            issued = create_key(session, owner="local", name="created by glai serve")
+    finally:
+        engine.dispose()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(issued.key + "\n")
+    return issued.key, True
+
+
+@dataclass
+class ServeOptions:
+    host: str
+    port: int
+    worker: bool
+    log_level: str
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(url: str, api: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and api.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run(options: ServeOptions, console: Console) -> int:
+    from glai_common.migrate import upgrade
+    from glai_common.settings import Settings
+
+    settings = Settings()
+    data_dir = settings.data_dir.resolve()
+    if not is_loopback(options.host) and not settings.auth_enabled:
+        console.print(f"[red]refusing to listen on {options.host} with GLAI_AUTH_ENABLED=false: anyone on "
+                      "the network could use the service. Enable auth or bind 127.0.0.1.[/red]")
+        return 2
+    if not _port_free(options.host, options.port):
+        console.print(f"[red]port {options.port} on {options.host} is already in use "
+                      "(--port to change)[/red]")
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GLAI_DATA_DIR": str(data_dir)}
+    os.environ["GLAI_DATA_DIR"] = str(data_dir)
+    settings = Settings()
+    console.print(f"data directory: {data_dir}")
+    upgrade(settings.resolved_database_url)
+    key: str | None = None
+    if settings.auth_enabled:
+        key, created = ensure_local_key(data_dir, settings.resolved_database_url)
+        if created:
+            console.print(f"created a local API key in {local_key_path(data_dir)} (mode 0600)")
+
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if options.worker:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+                 "-Q", "glai", "--loglevel", options.log_level.upper(), "-n", f"glai-{os.getpid()}@%h"],
+                env=env))
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", options.host,
+             "--port", str(options.port), "--log-level", options.log_level], env=env)
+        procs.append(api)
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        url = f"http://{host}:{options.port}"
+        if _wait_healthy(url, api):
+            link = f"{url}/dashboard" + (f"#token={key}" if key else "")
+            console.print(f"[green]GLAI is running[/green]: API {url}/v1 (docs {url}/docs)")
+            console.print(f"dashboard: {link}", soft_wrap=True, highlight=False)
+            console.print("press Ctrl-C to stop")
+        while not stopping:
+            if any(proc.poll() is not None for proc in procs):
+                dead = next(proc for proc in procs if proc.poll() is not None)
+                console.print(f"[red]{'API' if dead is api else 'worker'} exited with code "
+                              f"{dead.returncode}; stopping[/red]")
+                return dead.returncode or 1
+            time.sleep(0.3)
+        console.print("stopping...")
+        return 0
+    finally:
+        _stop(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,84 @@
+"""End to end with a real Celery worker process: (a) PostgreSQL + Redis with uvicorn and the worker
+started the way `glai serve` starts them, (b) the embedded defaults through `glai serve` itself."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from api.services import api_keys
+from glai_client.client import GlaiClient
+from glai_common.db import make_engine
+from glai_common.migrate import upgrade
+from tests.e2e import flow
+from tests.e2e.stack import Process, free_port, service_env, start_api, start_worker, wait_ready
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_postgres_redis_stack(postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        key = api_keys.create_key(session, "e2e").key
+    engine.dispose()
+    env = service_env(tmp_path / "data", database_url=postgres_url, broker_url=redis_url)
+    port = free_port()
+    processes = [start_worker(env, tmp_path), start_api(env, port, tmp_path)]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, processes)
+        with GlaiClient(url, key) as client:
+            flow.train_and_predict(client, tmp_path)
+            flow.cancel_running(client, tmp_path)
+    except BaseException:
+        print("\n".join(p.tail() for p in processes))
+        raise
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def test_glai_serve_embedded(tmp_path: Path) -> None:
+    """`glai serve` with the defaults (SQLite + sqla+sqlite broker), then Ctrl-C stops API and worker."""
+    data_dir = tmp_path / "var"
+    port = free_port()
+    serve = Process("serve", [sys.executable, "-m", "glai_client.cli", "serve", "--port", str(port),
+                              "--log-level", "warning"], service_env(data_dir), tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, [serve], timeout=90)
+        key_file = data_dir / "local_api_key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert (data_dir / "glai.db").exists() and (data_dir / "broker.db").exists()
+        with GlaiClient(url, key_file.read_text().strip()) as client:
+            flow.train_and_predict(client, tmp_path)
+            flow.cancel_running(client, tmp_path)
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.proc.wait(timeout=40) == 0
+    except BaseException:
+        print(serve.tail(8000))
+        raise
+    finally:
+        serve.stop()
+    log = serve.log_path.read_text()
+    assert "dashboard: " in log and "#token=glai_" in log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_glai_serve_refuses_open_host_without_auth(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "var", auth_enabled="false")
+    result = subprocess.run([sys.executable, "-m", "glai_client.cli", "serve", "--host", "0.0.0.0",
+                             "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "refusing" in result.stdout
+    assert not (tmp_path / "var").exists()
