@@ -122,11 +122,15 @@ def submit(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     time_limit: Annotated[int | None, typer.Option(help="Time limit in seconds.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key: same key, same job.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Frozen backbone: minilm (text datasets) or "
+                                                      "efficientnet-lite0 (image datasets).")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
     body = _job_settings(config, hidden, reduction_factor, structural_epochs, quantitative_epochs, baseline,
                          pruning, sparsities, seed, time_limit)
+    if backbone:
+        body["backbone"] = backbone
     try:
         with _client() as client:
             job = client.submit_job(dataset_id, body, idempotency_key=idempotency_key)
@@ -253,48 +257,67 @@ def plot(job_id: Annotated[str, typer.Argument(help="Job id.")],
     try:
         with _client() as client:
             curves = client.curves(job_id, max_points=500)
+            job = client.get_job(job_id)
     except GlaiError as exc:
         raise _fail(exc) from exc
-    plot_curves(curves, output)
+    plot_curves(curves, output, summary=job.get("summary") or {}, title=f"job {job_id[:8]} ({job['state']})")
     console.print(f"saved {output}")
 
 
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="A .safetensors model exported by GLAI.")],
-    data: Annotated[Path, typer.Argument(help=".npz (array X) or .csv/.parquet (feature columns).")],
+    data: Annotated[Path, typer.Argument(help="Feature model: .npz (array X) or .csv/.parquet (feature "
+                                              "columns). Text model (minilm): .txt (one text per line) or "
+                                              ".csv/.parquet. Image model (efficientnet-lite0): an image "
+                                              "file, a directory of images or a .zip.")],
     label_column: Annotated[str | None, typer.Option(help="Column to drop from a table first.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text models: the table's text column "
+                                                         "(default: text).")] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Print class probabilities as JSON lines.")] = False,
 ) -> None:
-    """Predict classes for new samples, one line per sample."""
-    from glai_client.predict_input import read_features
+    """Predict classes for new samples, one line per sample (images: `name<TAB>class`)."""
+    from glai_client.predict_input import read_inputs
     from glai_core.predict import Predictor
 
     try:
-        x = read_features(data, label_column)
         predictor = Predictor.load(model)
+        inputs = read_inputs(data, _modality(predictor), label_column, text_column)
+        results = predictor.predict_proba(inputs.values) if proba else predictor.predict(inputs.values)
     except (OSError, ValueError) as exc:
         raise _fail(exc) from exc
-    if proba:
-        for row in predictor.predict_proba(x):
-            console.out(json.dumps([round(float(p), 6) for p in row]), highlight=False)
-        return
-    for label in predictor.predict(x):
-        console.out(str(label), highlight=False)
+    for index, result in enumerate(results):  # plain stdout, not rich: it would expand the tabs
+        line = json.dumps([round(float(p), 6) for p in result]) if proba else str(result)
+        typer.echo(f"{inputs.names[index]}\t{line}" if inputs.names else line)
+
+
+def _modality(predictor: Any) -> str | None:
+    """``text``/``image`` for a model trained on a frozen backbone, None for a feature model."""
+    if predictor.backbone is None:
+        return None
+    from glai_core.backbones import spec
+
+    return spec(predictor.backbone).modality
 
 
 # ------------------------------------------------------------------ datasets
 
 @datasets_app.command("upload")
 def datasets_upload(
-    path: Annotated[Path, typer.Argument(help=".npz, .csv or .parquet file.", exists=True, dir_okay=False)],
+    path: Annotated[Path, typer.Argument(help=".npz, .csv, .parquet or (images) .zip file.", exists=True,
+                                         dir_okay=False)],
     name: Annotated[str | None, typer.Option(help="Display name (default: the file name).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column of a csv/parquet table.")] = None,
+    kind: Annotated[str, typer.Option(help="features, text (csv/parquet) or images (.zip, a folder per "
+                                           "class).")] = "features",
+    text_column: Annotated[str | None, typer.Option(help="kind text: the column holding the texts "
+                                                         "(default: text).")] = None,
 ) -> None:
     """Upload a dataset and print its id."""
     try:
         with _client() as client:
-            ds = client.upload_dataset(path, name=name, label_column=label_column)
+            ds = client.upload_dataset(path, name=name, label_column=label_column, kind=kind,
+                                       text_column=text_column)
     except GlaiError as exc:
         raise _fail(exc) from exc
     console.print(f"dataset [bold]{ds['id']}[/bold]: {ds['n_samples']} samples, {ds['n_features']} features, "

@@ -6,20 +6,25 @@
         job = glai.submit_job(ds["id"], {"architecture": {"hidden": [64]}}, idempotency_key="run-1")
         job = glai.wait(job["id"])
         glai.download_artifact(job["id"], "trained", "trained.safetensors")
+        labels = glai.predict(job["id"], ["a review to classify"], directory="models")  # raw texts too
 
 Responses are the API's JSON as ``TypedDict``s; errors raise ``GlaiError`` with the API's message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import httpx
+
+if TYPE_CHECKING:
+    from glai_core.predict import Predictor
 
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -32,6 +37,7 @@ class Dataset(TypedDict):
     source: str
     file_format: str
     label_column: str | None
+    text_column: str | None
     sha256: str
     size_bytes: int
     n_samples: int
@@ -121,11 +127,13 @@ class GlaiClient:
 
     # ------------------------------------------------------------------ datasets
     def upload_dataset(self, path: str | Path, name: str | None = None, label_column: str | None = None,
-                       kind: str | None = None, file_format: str | None = None) -> Dataset:
-        """Upload a .npz/.csv/.parquet file (streamed from disk)."""
+                       kind: str | None = None, file_format: str | None = None,
+                       text_column: str | None = None) -> Dataset:
+        """Upload a file (streamed from disk): kind ``features`` (.npz/.csv/.parquet), ``text``
+        (.csv/.parquet with ``text_column`` and ``label_column``) or ``images`` (.zip, a folder per class)."""
         path = Path(path)
         fields = {k: v for k, v in {"name": name or path.name, "label_column": label_column, "kind": kind,
-                                     "format": file_format}.items() if v}
+                                     "format": file_format, "text_column": text_column}.items() if v}
         with path.open("rb") as handle:
             response = self._request("POST", "/v1/datasets", data=fields,
                                      files={"file": (path.name, handle, "application/octet-stream")})
@@ -149,7 +157,8 @@ class GlaiClient:
     def submit_job(self, dataset_id: str, settings: dict[str, Any] | None = None,
                    idempotency_key: str | None = None) -> Job:
         """``settings``: any of architecture, structural, quantitative, pruning, baseline, seed,
-        validation_fraction, time_limit_s (see the API docs)."""
+        validation_fraction, time_limit_s, backbone (``minilm`` for text datasets, ``efficientnet-lite0``
+        for image datasets; see the API docs)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"dataset_id": dataset_id, **(settings or {})}
         return cast(Job, self._request("POST", "/v1/jobs", json=body, headers=headers).json())
@@ -239,6 +248,46 @@ class GlaiClient:
             raise GlaiError(0, f"download interrupted ({exc}); run it again to resume") from exc
         part.replace(dest)
         return dest
+
+    # ------------------------------------------------------------------ prediction (local)
+    def model_file(self, job_id: str, name: str = "trained", directory: str | Path | None = None) -> Path:
+        """The job's exported model on disk: downloaded once into ``directory`` (default
+        ``$GLAI_MODEL_DIR`` or ``~/.cache/glai/models``), reused while its sha256 matches the API's."""
+        for value in (job_id, name):  # they become path components
+            if not value or not all(c.isalnum() or c in "-_" for c in value):
+                raise ValueError(f"not a valid job id or artifact name: {value!r}")
+        default = Path.home() / ".cache" / "glai" / "models"
+        root = Path(directory or os.environ.get("GLAI_MODEL_DIR") or default)
+        dest = root / job_id / f"{name}.safetensors"
+        expected = next((a["sha256"] for a in self.artifacts(job_id) if a["name"] == name), None)
+        if expected is None:
+            raise GlaiError(404, f"job '{job_id}' has no artifact '{name}'", "name")
+        if dest.is_file() and _sha256(dest) == expected:
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return self.download_artifact(job_id, name, dest)
+
+    def predictor(self, job_id: str, name: str = "trained", directory: str | Path | None = None,
+                  device: str = "cpu") -> Predictor:
+        """A local ``glai_core.predict.Predictor`` for the job's model (see ``model_file``)."""
+        from glai_core.predict import Predictor
+
+        return Predictor.load(self.model_file(job_id, name, directory), device=device)
+
+    def predict(self, job_id: str, inputs: Any, name: str = "trained", directory: str | Path | None = None,
+                device: str = "cpu") -> list[str]:
+        """Class names for ``inputs``, predicted locally. Feature rows for a feature model; for a model
+        trained on a frozen backbone also raw inputs: a list of texts (minilm) or of images (paths, encoded
+        bytes, PIL images or uint8 arrays; efficientnet-lite0), preprocessed as at training time."""
+        return self.predictor(job_id, name, directory, device).predict(inputs)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _raise_for_error(response: httpx.Response) -> None:

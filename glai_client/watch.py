@@ -1,4 +1,8 @@
-"""`glai watch`: one rich progress bar per phase, fed by polling the job."""
+"""`glai watch`: one rich progress bar per phase (embedding, structural, ...), fed by polling the job.
+
+A phase that started and ended between two polls is still shown (from the job's phase transitions), so a
+quick embedding phase or a cache hit reads correctly: no embedding bar means the cached features were used.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from glai_client.client import FINAL_STATES, GlaiClient, Job
+
+# What the job's step counter means within a phase.
+STEP_NAMES = {"embedding": "batch", "pruning": "level"}
+
+
+def _phases(job: Job) -> list[str]:
+    """Phases in the order they started, from the transitions plus the current one."""
+    seen: list[str] = []
+    for transition in job.get("transitions") or []:
+        if transition.get("field") == "phase" and transition.get("to_value") not in seen:
+            seen.append(transition["to_value"])
+    phase = job.get("phase")
+    if phase and phase not in seen:
+        seen.append(phase)
+    return seen
 
 
 def watch(client: GlaiClient, job_id: str, console: Console, poll_s: float = 1.0) -> Job:
@@ -17,15 +36,18 @@ def watch(client: GlaiClient, job_id: str, console: Console, poll_s: float = 1.0
 
         def update(job: Job) -> None:
             progress.update(status, description=job["state"], note=f"job {job['id'][:8]}")
-            phase = job.get("phase")
-            if phase and phase not in bars:
-                for previous in bars.values():  # a new phase means the earlier ones are done
-                    progress.update(previous, completed=1.0)
-                bars[phase] = progress.add_task(phase, total=1.0, note="")
-            if phase:
-                epoch = job.get("epoch")
-                progress.update(bars[phase], completed=float(job.get("progress") or 0.0),
-                                note=f"epoch {epoch}" if epoch is not None else "")
+            current = job.get("phase")
+            phases = _phases(job)
+            for index, phase in enumerate(phases):
+                if phase not in bars:
+                    bars[phase] = progress.add_task(phase, total=1.0, note="")
+                if index < len(phases) - 1:  # a later phase has started: this one is done
+                    progress.update(bars[phase], completed=1.0)
+            if current:
+                step = job.get("epoch")
+                label = STEP_NAMES.get(current, "epoch")
+                progress.update(bars[current], completed=float(job.get("progress") or 0.0),
+                                note=f"{label} {step}" if step is not None else "")
             if job["state"] in FINAL_STATES:
                 progress.update(status, total=1, completed=1)
                 if job["state"] == "succeeded":

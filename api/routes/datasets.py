@@ -21,15 +21,28 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "type": "object", "required": ["file"],
     "properties": {
         "file": {"type": "string", "format": "binary",
-                 "description": "The data: `.npz` (arrays X, y and optionally X_val, y_val), `.csv` or "
-                                "`.parquet` (one row per sample). Streamed; at most GLAI_MAX_UPLOAD_BYTES."},
+                 "description": "The data. kind `features`: `.npz` (arrays X, y and optionally X_val, "
+                                "y_val), `.csv` or `.parquet` (one row per sample). kind `text`: `.csv` "
+                                "(UTF-8) or `.parquet` with a text and a label column. kind `images`: a "
+                                "`.zip` with one folder per class (`cat/1.png`, `dog/2.jpg`; one wrapping "
+                                "folder is fine) or a `labels.csv` (columns file,label) at its root. "
+                                "Streamed; at most GLAI_MAX_UPLOAD_BYTES."},
         "name": {"type": "string", "maxLength": 256, "description": "Display name (default: file name)."},
         "label_column": {"type": "string",
-                         "description": "csv/parquet: the column holding the class "
-                                        "(default: a single column named label/y/target/class)."},
+                         "description": "csv/parquet: the column holding the class (features: default a "
+                                        "single column named label/y/target/class; text: default `label`). "
+                                        "Not used for image zips."},
+        "text_column": {"type": "string", "default": "text",
+                        "description": "kind `text`: the column holding the texts."},
         "kind": {"type": "string", "enum": sorted(datasets.INGESTERS), "default": "features",
-                 "description": "What the file holds. `features`: numeric features per sample."},
-        "format": {"type": "string", "enum": ["npz", "csv", "parquet"],
+                 "description": "What the file holds. `features`: numeric features per sample. `text`: raw "
+                                "texts, embedded by the `minilm` backbone (384 features). `images`: raw "
+                                "images, embedded by the `efficientnet-lite0` backbone (1280 features). "
+                                "Text and images are checked in full at upload (empty texts, missing "
+                                "labels, unreadable images, unsafe zip paths are a 422) and embedded once "
+                                "by the first job, then cached."},
+        "format": {"type": "string", "enum": sorted({f for formats in datasets.FORMATS.values()
+                                                     for f in formats.values()}),
                    "description": "Overrides the format guessed from the file name's extension."},
     }}}}}}
 
@@ -37,8 +50,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset",
              openapi_extra=UPLOAD_BODY, responses=errors(400, 413, 415, 422))
 async def upload_dataset(request: Request, services: ServicesDep, db: DbDep, owner: OwnerDep) -> DatasetOut:
-    """Streams the file to disk (hashing it on the way), validates it, stores canonical arrays under
-    `datasets/<id>/` and only then records the dataset. A rejected upload leaves nothing behind."""
+    """Streams the file to disk (hashing it on the way), validates it, stores canonical arrays (or, for
+    text and images, the raw upload) under `datasets/<id>/` and only then records the dataset. A rejected
+    upload leaves nothing behind. For text and images `n_features` is the backbone's output dimension."""
     settings = services.settings
     tmp_dir = settings.data_dir / "tmp"
     headers = request.headers

@@ -2,13 +2,21 @@
 
 Order matters for "a 4xx never leaves anything half-stored": parse and validate in a staging
 directory, copy the files under ``datasets/<id>/``, and only then commit the row; if anything after the
-copy fails the files are removed. Each dataset ``kind`` has an ingester; text and image kinds (with a
-frozen backbone) register theirs in ``INGESTERS`` without touching the route.
+copy fails the files are removed. Each dataset ``kind`` has an ingester in ``INGESTERS``:
+
+- ``features``: numeric arrays, stored canonically (``X.npy``, ``y.npy``, ``meta.json``).
+- ``text``: a CSV/Parquet table with a text and a label column; ``images``: a zip with one folder per class
+  (or a ``labels.csv``). Both are validated in full with ``glai_core.raw_data`` (every row, every image
+  decoded once) and stored as the raw upload ``raw.<ext>``; the worker embeds them with the kind's frozen
+  backbone on the first job and caches the features. Their ``n_features`` is that backbone's output
+  dimension (``BACKBONE_FOR_KIND``), known at upload, so jobs can size and limit-check the head at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +53,7 @@ class Ingested:
     n_validation: int
     class_names: list[object]
     text_column: str | None = None
+    label_column: str | None = None  # the column actually used, when the kind resolves a default
 
 
 Ingester = Callable[[Path, UploadSpec, Path], Ingested]
@@ -82,10 +91,85 @@ def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
     return _describe(loaded)
 
 
-INGESTERS: dict[str, Ingester] = {"features": ingest_features}
+# The one frozen backbone each raw kind is embedded with (glai_core.backbones.BACKBONES names and dims).
+BACKBONE_FOR_KIND: dict[str, str] = {"text": "minilm", "images": "efficientnet-lite0"}
+DEFAULT_TEXT_COLUMN = "text"
+DEFAULT_LABEL_COLUMN = "label"
+
+
+def _stage_raw(path: Path, staging: Path, file_format: str) -> None:
+    """Put the validated upload in staging as ``raw.<format>`` (a hard link when possible: no copy)."""
+    target = staging / f"raw.{file_format}"
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copyfile(path, target)
+
+
+def _backbone_dim(kind: str) -> int:
+    from glai_core.backbones import BACKBONES
+
+    return BACKBONES[BACKBONE_FOR_KIND[kind]]
+
+
+def ingest_text(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
+    """A text table: every row checked now (missing columns, empty texts, missing labels, one class)."""
+    from glai_core import raw_data
+    from glai_core.data import DataError
+
+    text_column = (spec.fields.get("text_column") or "").strip() or DEFAULT_TEXT_COLUMN
+    label_column = (spec.label_column or "").strip() or DEFAULT_LABEL_COLUMN
+    try:
+        raw = raw_data.load_text_table(path, spec.file_format, text_column, label_column)
+    except DataError as exc:
+        raise _data_error(exc) from exc
+    except Exception as exc:  # a parser's own error on a malformed file is still the upload's fault
+        raise ApiError(422, f"could not read the file as {spec.file_format}: {exc}", "file") from exc
+    _stage_raw(path, staging, spec.file_format)
+    return Ingested(n_samples=len(raw), n_features=_backbone_dim("text"), n_classes=len(raw.class_names),
+                    n_validation=0, class_names=list(raw.class_names), text_column=text_column,
+                    label_column=label_column)
+
+
+def ingest_images(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
+    """An image zip: hostile-archive checks, then every image decoded once so a bad file is named now."""
+    from glai_core import raw_data
+    from glai_core.data import DataError
+
+    if spec.label_column:
+        raise ApiError(422, "label_column does not apply to an image zip: the class is the image's folder "
+                            f"(or the 'label' column of a {raw_data.LABELS_FILE} inside the zip)",
+                       "label_column")
+    try:
+        raw = raw_data.load_image_zip(path, verify=True)
+    except DataError as exc:
+        raise _data_error(exc) from exc
+    except Exception as exc:
+        raise ApiError(422, f"could not read the zip: {exc}", "file") from exc
+    _stage_raw(path, staging, spec.file_format)
+    return Ingested(n_samples=len(raw), n_features=_backbone_dim("images"), n_classes=len(raw.class_names),
+                    n_validation=0, class_names=list(raw.class_names))
+
+
+INGESTERS: dict[str, Ingester] = {"features": ingest_features, "text": ingest_text, "images": ingest_images}
 FORMATS: dict[str, dict[str, str]] = {  # kind -> file extension -> file_format
     "features": {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"},
+    "text": {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"},
+    "images": {".zip": "zip"},
 }
+
+
+def check_backbone(dataset: Dataset, backbone: str | None) -> None:
+    """A job's backbone must be the one its dataset's kind is embedded with (none for features)."""
+    needed = BACKBONE_FOR_KIND.get(dataset.kind)
+    if backbone == needed:
+        return
+    if needed is None:
+        raise ApiError(422, f"dataset '{dataset.id}' holds numeric features, so it takes no backbone "
+                            f"(got '{backbone}'); leave backbone null", "backbone")
+    got = f"got '{backbone}'" if backbone else "none was given"
+    raise ApiError(422, f"dataset '{dataset.id}' holds {dataset.kind}, which needs backbone '{needed}' "
+                        f"({got})", "backbone")
 
 
 def resolve_format(kind: str, filename: str | None, declared: str | None) -> str:
@@ -127,7 +211,7 @@ def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner:
         staging = Path(staging_dir)
         info = INGESTERS[spec.kind](upload, spec, staging)
         row = Dataset(id=ident, owner=owner, name=spec.name, kind=spec.kind, source="upload",
-                      file_format=spec.file_format, label_column=spec.label_column,
+                      file_format=spec.file_format, label_column=info.label_column or spec.label_column,
                       text_column=info.text_column, sha256=sha256, size_bytes=size_bytes,
                       n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
                       n_validation=info.n_validation, class_names=info.class_names,

@@ -85,39 +85,59 @@ def test_a_duplicate_message_for_a_finished_job_is_dropped(ctx: WorkerContext) -
     assert job_state(ctx.sessions, job.id).attempts == 1
 
 
+# A handful of real review sentences: the real MiniLM embeds them (no stand-in for the backbone).
+REVIEWS = [
+    ("A wonderful film, moving and beautifully acted.", "pos"),
+    ("The food was delicious and the staff were lovely.", "pos"),
+    ("Best purchase this year, it works perfectly.", "pos"),
+    ("Such a delightful book, I could not put it down.", "pos"),
+    ("Excellent service, they fixed my problem in minutes.", "pos"),
+    ("The concert was amazing and the band sounded great.", "pos"),
+    ("Comfortable, stylish shoes that I love wearing.", "pos"),
+    ("A brilliant holiday with sunny beaches and kind people.", "pos"),
+    ("A dull film, badly acted and far too long.", "neg"),
+    ("The food was cold and the waiter was rude.", "neg"),
+    ("Worst purchase ever, it broke after two days.", "neg"),
+    ("Such a boring book, I gave up halfway through.", "neg"),
+    ("Terrible service, nobody answered my complaint.", "neg"),
+    ("The concert was awful and the sound was distorted.", "neg"),
+    ("Uncomfortable shoes that fell apart within a week.", "neg"),
+    ("A miserable holiday, it rained and the hotel was dirty.", "neg"),
+]
+
+
 def _text_dataset(ctx: WorkerContext) -> str:
-    rows = ["text,label"] + [f"{'good ' * (i % 5 + 1)}item {i},pos" if i % 2 else f"bad thing {i},neg"
-                             for i in range(60)]
+    import csv
+
     with ctx.session() as session:
         dataset = Dataset(owner="alice", name="reviews", kind="text", source="upload", file_format="csv",
                           text_column="text", label_column="label", sha256="0" * 64, size_bytes=1,
-                          n_samples=60, n_features=0, n_classes=2, class_names=["neg", "pos"],
+                          n_samples=len(REVIEWS), n_features=384, n_classes=2, class_names=["neg", "pos"],
                           storage_key="x")
         session.add(dataset)
         session.flush()
         dataset.storage_key = f"datasets/{dataset.id}"
         raw = ctx.storage.local_path(f"{dataset.storage_key}/raw.csv")
         raw.parent.mkdir(parents=True)
-        raw.write_text("\n".join(rows) + "\n")
+        with raw.open("w", newline="") as handle:
+            csv.writer(handle).writerows([("text", "label"), *REVIEWS])
         return dataset.id
 
 
 def test_text_dataset_is_embedded_once_and_cached(ctx: WorkerContext,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from glai_core import backbones
+
     calls: list[int] = []
+    real_embed = backbones.embed_raw
 
-    def fake_embed(backbone: str, inputs: list[str], device: str = "cpu", on_progress: Any = None,
-                   should_stop: Any = None, **_: Any) -> np.ndarray:
-        calls.append(len(inputs))
-        assert backbone == "minilm" and not should_stop()
-        rng = np.random.default_rng(0)
-        features = rng.normal(size=(len(inputs), 384)).astype(np.float32)
-        features[:, 0] += [3.0 if text.startswith("good") else -3.0 for text in inputs]
-        if on_progress is not None:
-            on_progress(len(inputs), len(inputs))
-        return features
+    def counting_embed(backbone: Any, inputs: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(len(inputs))  # counts, then runs the real MiniLM
+        return real_embed(backbone, inputs, *args, **kwargs)
 
-    monkeypatch.setattr("glai_core.backbones.embed_raw", fake_embed)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr("glai_core.backbones.embed_raw", counting_embed)
     dataset_id = _text_dataset(ctx)
     job_ids = []
     for _ in range(2):
@@ -128,7 +148,7 @@ def test_text_dataset_is_embedded_once_and_cached(ctx: WorkerContext,
             session.flush()
             job_ids.append(job.id)
         pipeline_runner.execute_job(ctx, job_ids[-1])
-    assert calls == [60]  # the second job reused the cache
+    assert calls == [len(REVIEWS)]  # the second job reused the cache
     with ctx.sessions() as session:
         jobs = [session.get(Job, job_id) for job_id in job_ids]
         assert [j.state for j in jobs if j] == ["succeeded"] * 2, [j.failure_message for j in jobs if j]
@@ -143,3 +163,7 @@ def test_text_dataset_is_embedded_once_and_cached(ctx: WorkerContext,
     assert metadata["backbone"]["name"] == "minilm" and metadata["class_names"] == ["neg", "pos"]
     assert "[embedding] started" in _log_text(ctx, job_ids[0])
     assert "reusing cached minilm features" in _log_text(ctx, job_ids[1])
+    from glai_core.predict import Predictor
+
+    predictor = Predictor.load(ctx.storage.local_path(artifact.storage_key))
+    assert predictor.predict_proba(["A lovely, charming little film."]).shape == (1, 2)  # raw text in
