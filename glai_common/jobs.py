@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from glai_common.models import CurvePoint, Job, JobLogLine, utcnow
+from glai_common.models import CurvePoint, Job, JobLogLine, JobTransition, utcnow
 from glai_common.states import (
     CANCELLED,
     CANCELLING,
@@ -314,3 +314,71 @@ def reap_expired_leases(session: Session, now: datetime | None = None, max_attem
             requeue.append(job_id)
     session.flush()
     return requeue
+
+
+# --- lost messages -------------------------------------------------------------------------------
+
+
+def stale_queued_jobs(session: Session, older_than_s: float, now: datetime | None = None,
+                      limit: int = 100) -> list[str]:
+    """Queued jobs untouched for ``older_than_s``: their message may be lost (the API died between
+    commit and send, or the broker restarted without persistence). ``updated_at`` moves on every
+    requeue and every re-send (``mark_resent``), so one job is re-sent at most once per grace period."""
+    cutoff = _now(now) - timedelta(seconds=older_than_s)
+    stmt = (select(Job.id).where(Job.state == QUEUED, Job.updated_at < cutoff)
+            .order_by(Job.updated_at).limit(limit))
+    return list(session.scalars(stmt))
+
+
+def count_queued(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(Job.state == QUEUED)) or 0)
+
+
+def take_resend(session: Session, job_id: str, older_than_s: float, now: datetime | None = None
+                ) -> datetime | None:
+    """Claim the right to re-send one stale queued job: restarts its grace period in one conditional
+    statement, so of several reapers only one sends it. Returns the previous ``updated_at`` (to hand
+    back with ``return_resend`` if the send fails), or None when the job was claimed, cancelled or
+    re-sent meanwhile."""
+    now = _now(now)
+    stmt = (select(Job.updated_at).where(Job.id == job_id, Job.state == QUEUED,
+                                         Job.updated_at < now - timedelta(seconds=older_than_s)))
+    previous = session.scalar(stmt)
+    if previous is None:
+        return None
+    taken = (update(Job.__table__)
+             .where(Job.id == job_id, Job.state == QUEUED, Job.updated_at == previous)
+             .values(updated_at=now))
+    return previous if session.execute(taken).rowcount == 1 else None
+
+
+def return_resend(session: Session, job_id: str, previous: datetime) -> None:
+    """The send failed: make the job stale again so the next pass retries it."""
+    session.execute(update(Job.__table__).where(Job.id == job_id, Job.state == QUEUED)
+                    .values(updated_at=previous))
+
+
+# --- time spent ----------------------------------------------------------------------------------
+
+
+def running_seconds(session: Session, job_id: str) -> float:
+    """Seconds the job spent in running/cancelling over its *closed* attempts, from the transitions.
+
+    The current attempt (an interval still open) is not counted: the worker adds its own clock. An
+    attempt lost with its worker counts up to the reaper's requeue, i.e. at most a lease too long.
+    """
+    rows = session.execute(select(JobTransition.from_value, JobTransition.to_value, JobTransition.at)
+                           .where(JobTransition.job_id == job_id, JobTransition.field == "state")
+                           .order_by(JobTransition.id)).all()
+    total = 0.0
+    started: datetime | None = None
+    for row in rows:
+        active_before, active_after = row.from_value in ACTIVE_STATES, row.to_value in ACTIVE_STATES
+        if active_after and not active_before:
+            started = as_utc(row.at)
+        elif active_before and not active_after and started is not None:
+            at = as_utc(row.at)
+            assert at is not None
+            total += max(0.0, (at - started).total_seconds())
+            started = None
+    return total

@@ -30,11 +30,27 @@ class Settings(BaseSettings):
     max_hidden_layers: int = 4
     max_hidden_width: int = 65_536
     max_epochs: int = 1000
+    max_job_memory_bytes: int = Field(
+        default=16 * 1024**3, description="Largest estimated peak memory of a job on its device (weights, "
+        "grads, Adam moments, a batch of activations, the ridge normal matrix, the dataset); the smallest "
+        "worker device's memory minus headroom.")
 
     auth_enabled: bool = True
     worker_lease_s: int = 60  # a job whose heartbeat is older than this is taken as lost
     max_job_attempts: int = 3
     heartbeat_interval_s: float = 5.0
+    reaper_interval_s: float | None = Field(
+        default=None, description="Seconds between reaper passes; default half a lease, 1-30 s.")
+    requeue_stale_queued_s: float = Field(
+        default=300.0, description="A queued job no worker claimed for this long is sent to the queue "
+                                   "again (a lost message: API crash before the send, broker restart "
+                                   "without persistence). 0 disables.")
+    cancel_grace_s: float = Field(
+        default=30.0, description="A running job not stopped this long after a cancel request is "
+                                  "interrupted inside its current step.")
+    cancel_force_s: float = Field(
+        default=120.0, description="Still not stopped after this long: the worker records 'cancelled' "
+                                   "itself and exits its process (its supervisor restarts it). 0 disables.")
     worker_health_file: Path | None = Field(
         default=None, description="Touched after each reaper pass of a worker; healthchecks read its age.")
 

@@ -25,7 +25,16 @@ from glai_common.queue import QUEUE, make_celery
 from glai_common.settings import get_settings
 
 app = make_celery("glai-worker")
-app.conf.update(include=["worker.tasks"], task_default_queue=QUEUE)
+app.conf.update(
+    include=["worker.tasks"],
+    task_default_queue=QUEUE,
+    # A broker restart must never end the worker: reconnect for as long as it takes. Running jobs keep
+    # running meanwhile (their truth, lease and heartbeat live in the database, not in the broker), and
+    # queued jobs whose messages the restart lost are re-sent by the reaper (resend_stale_queued).
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+)
 
 log = logging.getLogger(__name__)
 _reaper: Any = None

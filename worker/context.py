@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,25 +19,49 @@ from glai_common.settings import Settings
 from glai_common.storage import LocalStorage
 
 
+def broker_queue_depth(settings: Settings, timeout_s: float = 2.0) -> int | None:
+    """How many messages wait in the job queue (not counting ones a worker holds unacked).
+
+    Used by the reaper to tell a lost message from a merely long queue; any error means "unknown"."""
+    from kombu import Connection
+
+    from glai_common.queue import QUEUE, celery_config
+
+    options = celery_config(settings)["broker_transport_options"]
+    try:
+        with Connection(settings.resolved_broker_url, connect_timeout=timeout_s,
+                        transport_options=dict(options)) as conn:  # type: ignore[call-overload]
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+            return int(conn.default_channel.queue_declare(queue=QUEUE, passive=False).message_count)
+    except Exception:  # noqa: BLE001 - unknown is a valid answer
+        return None
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
     engine: Engine
     storage: LocalStorage
     enqueue: Callable[[str], None]
+    # Messages waiting in the job queue, or None when the broker cannot say (or is unreachable).
+    queue_depth: Callable[[], int | None] = field(default=lambda: None)
     sessions: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, enqueue: Callable[[str], None] | None = None) -> WorkerContext:
+    def from_settings(cls, settings: Settings, enqueue: Callable[[str], None] | None = None,
+                      queue_depth: Callable[[], int | None] | None = None) -> WorkerContext:
         if enqueue is None:
             from glai_common.queue import enqueue_job
 
             enqueue = enqueue_job
+            if queue_depth is None:
+                queue_depth = partial(broker_queue_depth, settings)
         return cls(settings=settings, engine=make_engine(settings.resolved_database_url),
-                   storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue)
+                   storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
+                   queue_depth=queue_depth or (lambda: None))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from glai_common import jobs
 from glai_core.hooks import Event, Hooks
 from worker.reporter import JobReporter
+
+log = logging.getLogger(__name__)
 
 # Why training was asked to stop; the runner maps it to the job's final state.
 STOP_CANCEL, STOP_TIMEOUT, STOP_LEASE_LOST, STOP_SHUTDOWN = "cancel", "timeout", "lease_lost", "shutdown"
@@ -33,6 +37,9 @@ class DatabaseHooks(Hooks):
         self.shutdown = shutdown
         self.stop_reason: str | None = None
         self.current_phase: str | None = None
+        # What this attempt saw, for a partial summary when it has to stop early (e.g. a timeout).
+        self.phase_summaries: dict[str, dict[str, Any]] = {}
+        self.last_metrics: dict[str, dict[str, float]] = {}
 
     def on_phase_start(self, phase: str) -> None:
         self.current_phase = phase
@@ -40,6 +47,7 @@ class DatabaseHooks(Hooks):
         self.reporter.log(f"[{phase}] started")
 
     def on_event(self, event: Event) -> None:
+        self.last_metrics[event.phase] = {"step": float(event.step), **event.metrics}
         self.reporter.points([jobs.Point(name, event.phase, event.step, float(value), event.wall_time)
                               for name, value in event.metrics.items()])
         self.reporter.progress(event.progress, event.step)
@@ -50,7 +58,11 @@ class DatabaseHooks(Hooks):
         details = " ".join(f"{name}={_fmt(value)}" if isinstance(value, int | float) else f"{name}={value}"
                            for name, value in summary.items())
         self.reporter.log(f"[{phase}] done {details}".rstrip())
-        self.reporter.flush()
+        self.phase_summaries[phase] = dict(summary)
+        try:
+            self.reporter.flush()
+        except Exception:  # noqa: BLE001 - the database is away: the batch stays buffered for the thread
+            log.warning("flushing the end of phase %s failed; the reporter retries it", phase)
 
     def should_stop(self) -> bool:
         if self.stop_reason is None:

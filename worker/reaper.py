@@ -1,4 +1,5 @@
-"""Finds jobs whose worker died (lease expired) and requeues them, or fails them as ``worker_lost``.
+"""Finds jobs whose worker died (lease expired) and requeues them, or fails them as ``worker_lost``;
+re-sends queued jobs whose message was lost.
 
 It runs as a daemon thread inside every worker's main process (started on ``worker_ready``), so a
 deployment needs no extra beat process: any surviving worker recovers the jobs of a dead one, and a
@@ -19,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def reap_once(ctx: WorkerContext) -> list[str]:
-    """One pass: commit the state changes, then send a fresh message for each requeued job."""
+    """One pass: commit the state changes, then send a fresh message for each requeued job.
+
+    A send that fails (broker down) leaves the job queued without a message; ``resend_stale_queued``
+    sends it again later, so the order "commit, then send" never loses a job."""
     with ctx.session() as session:
         requeue = jobs.reap_expired_leases(session, max_attempts=ctx.settings.max_job_attempts)
     for job_id in requeue:
@@ -28,15 +32,59 @@ def reap_once(ctx: WorkerContext) -> list[str]:
     return requeue
 
 
-def reaper_interval(lease_s: float) -> float:
-    """Often enough to notice a dead worker within about half a lease, never busier than once a second."""
+def resend_stale_queued(ctx: WorkerContext) -> list[str]:
+    """Send queued jobs that no worker claimed within ``requeue_stale_queued_s`` to the queue again.
+
+    Only when the broker holds fewer waiting messages than there are queued jobs (or cannot say): a
+    long queue behind busy workers is not mistaken for lost messages and does not fill up with
+    duplicates. A duplicate is harmless anyway: ``claim_job`` is exclusive and drops it.
+    """
+    grace = ctx.settings.requeue_stale_queued_s
+    if grace <= 0:
+        return []
+    with ctx.session() as session:
+        stale = jobs.stale_queued_jobs(session, grace)
+        queued = jobs.count_queued(session) if stale else 0
+    if not stale:
+        return []
+    depth = ctx.queue_depth()
+    if depth is not None and depth >= queued:
+        return []
+    sent: list[str] = []
+    for job_id in stale:
+        with ctx.session() as session:
+            previous = jobs.take_resend(session, job_id, grace)
+        if previous is None:
+            continue  # claimed, cancelled or re-sent by another reaper meanwhile
+        try:
+            ctx.enqueue(job_id)
+        except Exception:
+            with ctx.session() as session:
+                jobs.return_resend(session, job_id, previous)
+            raise  # the broker is down: the next pass tries again
+        reason = (f"no worker claimed this job for {grace:g} s and the queue holds "
+                  f"{'an unknown number of' if depth is None else depth} message(s) for {queued} queued "
+                  "job(s): sent to the queue again")
+        with ctx.session() as session:
+            jobs.append_log(session, job_id, reason)
+        log.warning("job %s: %s", job_id, reason)
+        sent.append(job_id)
+    return sent
+
+
+def reaper_interval(lease_s: float, configured: float | None = None) -> float:
+    """Often enough to notice a dead worker within about half a lease, never busier than once a second
+    (unless configured explicitly, e.g. in tests)."""
+    if configured is not None and configured > 0:
+        return configured
     return min(30.0, max(1.0, lease_s / 2))
 
 
 class Reaper:
     def __init__(self, ctx: WorkerContext, interval_s: float | None = None) -> None:
         self.ctx = ctx
-        self.interval_s = interval_s or reaper_interval(ctx.settings.worker_lease_s)
+        self.interval_s = interval_s or reaper_interval(ctx.settings.worker_lease_s,
+                                                        ctx.settings.reaper_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,5 +113,9 @@ class Reaper:
                 self._touch_health_file()
             except Exception:  # noqa: BLE001 - a database or broker hiccup: try again next round
                 log.exception("reaper pass failed")
+            try:
+                resend_stale_queued(self.ctx)
+            except Exception:  # noqa: BLE001 - same: the jobs stay queued and are retried next round
+                log.exception("re-sending stale queued jobs failed")
             if self._stop.wait(self.interval_s):
                 return

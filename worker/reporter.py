@@ -5,6 +5,11 @@ them: curve points and log lines about every ``flush_interval_s``; progress toge
 renewal every ``heartbeat_interval_s``; the cancel flag about every ``cancel_poll_s``. The lease is
 renewed by this thread, not by training steps, so a single epoch longer than the lease never looks like
 a dead worker. ``flush()`` drains synchronously (phase ends, before the final state).
+
+Database errors never reach training: a failed drain puts its batch back and the next tick retries it
+(the lease simply is not renewed meanwhile). The thread also drives cancel escalation (escalation.py):
+it notes when it first saw the cancel and calls ``escalation.check`` every tick, even while the
+database is unreachable.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 from glai_common import jobs
 from worker.context import WorkerContext
+from worker.escalation import CancelEscalation
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ class JobReporter:
         self.heartbeat_s = float(ctx.settings.heartbeat_interval_s)
         self.flush_s, self.cancel_s = flush_interval_s, cancel_poll_s
         self.cancel_requested = False
+        self.cancel_since: float | None = None  # monotonic time the cancel was first seen
+        self.escalation: CancelEscalation | None = None
         self.lease_lost = False
         self._pending = _Pending()
         self._buffer_lock = threading.Lock()  # guards _pending (training thread vs. drain)
@@ -46,6 +54,8 @@ class JobReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_beat = self._last_cancel = self._last_flush = time.monotonic()
+        self._failing_since: float | None = None
+        self._last_complaint = 0.0
 
     # --- called from the training thread: memory only -------------------------------------------------
 
@@ -90,16 +100,36 @@ class JobReporter:
         tick = max(0.05, min(self.flush_s, self.cancel_s, self.heartbeat_s) / 2)
         while not self._stop.wait(tick):
             now = time.monotonic()
+            if self.escalation is not None:
+                try:
+                    self.escalation.check(self.cancel_since, now)
+                except Exception:  # noqa: BLE001 - e.g. recording the cancel failed: retried next tick
+                    log.exception("escalating the cancel of job %s failed", self.job_id)
             beat = now - self._last_beat >= self.heartbeat_s
             due = beat or now - self._last_flush >= self.flush_s or now - self._last_cancel >= self.cancel_s
             if not due:
                 continue
             try:
                 self._drain(beat=beat)
-            except Exception:  # noqa: BLE001 - a database hiccup must not kill training; retried next tick
-                log.exception("reporting progress of job %s failed; will retry", self.job_id)
+                if self._failing_since is not None:
+                    log.warning("reporting progress of job %s works again after %.1f s", self.job_id,
+                                now - self._failing_since)
+                    self._failing_since = None
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not kill training
+                if self._failing_since is None:
+                    self._failing_since = self._last_complaint = now
+                    log.exception("reporting progress of job %s failed; buffering and retrying", self.job_id)
+                elif now - self._last_complaint >= 10:
+                    self._last_complaint = now
+                    log.warning("reporting progress of job %s still failing after %.0f s: %s",
+                                self.job_id, now - self._failing_since, type(exc).__name__)
 
     # --- the only place that writes -----------------------------------------------------------------
+
+    def _set_cancel(self, requested: bool) -> None:
+        if requested and self.cancel_since is None:
+            self.cancel_since = time.monotonic()
+        self.cancel_requested = requested
 
     def _take(self) -> _Pending:
         with self._buffer_lock:
@@ -135,10 +165,10 @@ class JobReporter:
                         if result is None:
                             self.lease_lost = True
                         else:
-                            self.cancel_requested = result.cancel_requested
+                            self._set_cancel(result.cancel_requested)
                         self._last_beat = self._last_cancel = now
                     elif now - self._last_cancel >= self.cancel_s:
-                        self.cancel_requested = jobs.read_cancel_flag(session, self.job_id)
+                        self._set_cancel(jobs.read_cancel_flag(session, self.job_id))
                         self._last_cancel = now
             except BaseException:
                 self._restore(pending)

@@ -1,0 +1,341 @@
+"""Load benchmark (not a test): many clients polling job status and listing jobs while jobs train.
+
+By default it brings up the whole service on loopback: a fresh PostgreSQL database (dropped at the end),
+a private ``redis-server`` on a free port, the real API under uvicorn and one real Celery worker running
+a few jobs; then ``--clients`` concurrent ``httpx.AsyncClient``s poll ``GET /v1/jobs/{id}`` and
+``GET /v1/jobs`` for ``--duration`` seconds. Reports per endpoint: requests, errors, throughput and
+p50/p95/p99/max latency. ``--url URL --key KEY --job-ids ...`` targets a running service instead.
+
+    .venv/bin/python -m bench.load --clients 200 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("GLAI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+# A few seconds of training per job on two shared cores, so jobs run while the load runs.
+JOB_CONFIG: dict[str, Any] = {
+    "architecture": {"hidden": [16]},
+    "structural": {"max_epochs": 150, "min_epochs": 1, "threshold": 0.0, "batch_size": 64, "probe_size": 200},
+    "quantitative": {"epochs": 5, "batch_size": 256, "ridge_lambda_search": 0},
+    "pruning": {"enabled": True, "sparsities": [0.5], "finetune_epochs": 1},
+    "baseline": {"max_epochs": 5, "batch_size": 256},
+    "seed": 0,
+    "device": "auto",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+@dataclass
+class Service:
+    """The stack the benchmark brought up (and tears down)."""
+
+    url: str
+    key: str
+    job_ids: list[str]
+    database_url: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cleanup: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+        for action in reversed(self.cleanup):
+            action()
+
+
+def _insert_jobs(database_url: str, storage_dir: Path, owner: str, n_jobs: int, n_finished: int) -> list[str]:
+    """One digits dataset, ``n_jobs`` queued jobs and ``n_finished`` succeeded ones (a realistic list)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from glai_common.db import make_engine
+    from glai_common.models import Dataset, Job
+    from glai_core.data import builtin, save_canonical
+
+    data = builtin("digits")
+    dataset_id = uuid.uuid4().hex
+    save_canonical(storage_dir / f"datasets/{dataset_id}", data)
+    engine = make_engine(database_url)
+    try:
+        with sessionmaker(bind=engine).begin() as session:
+            session.add(Dataset(id=dataset_id, owner=owner, name="digits", kind="features", source="builtin",
+                                file_format="builtin", sha256="0" * 64, size_bytes=1, n_samples=len(data.y),
+                                n_features=data.n_features, n_classes=data.n_classes,
+                                class_names=list(data.class_names), storage_key=f"datasets/{dataset_id}"))
+            session.flush()
+            ids = []
+            for i in range(n_jobs + n_finished):
+                job = Job(owner=owner, dataset_id=dataset_id, time_limit_s=3600,
+                          spec={"config": JOB_CONFIG, "backbone": None, "validation_fraction": 0.2},
+                          state="queued" if i < n_jobs else "succeeded", progress=0.0 if i < n_jobs else 1.0)
+                session.add(job)
+                session.flush()
+                ids.append(job.id)
+            return ids
+    finally:
+        engine.dispose()
+
+
+def limited_app() -> Any:
+    """uvicorn factory for ``--thread-limit``: the real app, with the thread pool that runs its sync
+    endpoints and dependencies capped at ``GLAI_BENCH_THREADS`` (at most the database pool: 5 + 10).
+
+    A candidate fix demonstrated by the benchmark, not a product change: with anyio's default of 40
+    threads and SQLAlchemy's default pool of 15, more than ~40 concurrent requests starve the pool
+    (threads wait 30 s for a connection while the ones holding connections wait for a thread)."""
+    import anyio.to_thread
+
+    from api.main import create_app
+
+    app = create_app()
+    tokens = int(os.environ.get("GLAI_BENCH_THREADS", "15"))
+    configured = False
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal configured
+        if not configured:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = tokens
+            configured = True
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def start_service(n_jobs: int, n_finished: int, api_workers: int, thread_limit: int | None = None) -> Service:
+    from sqlalchemy import create_engine, text
+
+    from api.services.api_keys import create_key
+    from glai_common.migrate import upgrade
+
+    tmp = Path(tempfile.mkdtemp(prefix="glai-bench-"))
+    name = f"glai_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    database_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        for log in ("api.log", "worker.log"):  # kept for a look after the run
+            if (tmp / log).exists():
+                shutil.copy(tmp / log, Path(tempfile.gettempdir()) / f"glai-bench-{log}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    service = Service("", "", [], database_url, cleanup=[drop])
+    try:
+        upgrade(database_url)
+        redis_port = free_port()
+        service.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_port(redis_port, 10)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GLAI_")}
+        env.update({"GLAI_DATABASE_URL": database_url, "GLAI_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+                    "GLAI_DATA_DIR": str(tmp), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                    "GLAI_BENCH_THREADS": str(thread_limit or 0)})
+        from sqlalchemy.orm import Session
+
+        from glai_common.db import make_engine
+
+        engine = make_engine(database_url)
+        with Session(engine) as session:
+            issued = create_key(session, "bench")
+        engine.dispose()
+        ids = _insert_jobs(database_url, tmp / "storage", "bench", n_jobs, n_finished)
+        api_port = free_port()
+        service.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn",
+             "bench.load:limited_app" if thread_limit else "api.main:create_app", "--factory",
+             "--host", "127.0.0.1",
+             "--port", str(api_port), "--workers", str(api_workers), "--log-level", "warning",
+             "--no-access-log"],
+            cwd=REPO, env=env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            start_new_session=True))
+        service.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+             "-Q", "glai", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=REPO, env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            start_new_session=True))
+        wait_port(api_port, 60)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("GLAI_")})
+        from glai_common.queue import enqueue_job
+
+        for job_id in ids[:n_jobs]:
+            enqueue_job(job_id)
+        service.url, service.key, service.job_ids = f"http://127.0.0.1:{api_port}", issued.key, ids
+        return service
+    except BaseException:
+        service.close()
+        raise
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+
+async def client_loop(base: str, key: str, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
+                      list_share: float) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0) as client:
+        while time.monotonic() < stop_at:
+            if rng.random() < list_share:
+                endpoint, path = "GET /v1/jobs", "/v1/jobs?limit=50"
+            else:
+                endpoint, path = "GET /v1/jobs/{id}", f"/v1/jobs/{rng.choice(job_ids)}"
+            started = time.perf_counter()
+            try:
+                response = await client.get(path)
+                outcome = None if response.status_code == 200 else str(response.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            stats.latencies[endpoint].append(time.perf_counter() - started)
+            if outcome is not None:
+                stats.errors[endpoint][outcome] += 1
+            await asyncio.sleep(rng.uniform(0.0, 0.05))  # a polling client, not a tight loop
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run_load(base: str, key: str, job_ids: list[str], clients: int, duration: float,
+                   list_share: float) -> tuple[Stats, float]:
+    stats = Stats()
+    started = time.monotonic()
+    stop_at = started + duration
+    await asyncio.gather(*(client_loop(base, key, job_ids, stop_at, stats, i, list_share)
+                           for i in range(clients)))
+    return stats, time.monotonic() - started
+
+
+def report(stats: Stats, elapsed: float, clients: int) -> list[dict[str, Any]]:
+    rows = []
+    for endpoint, values in sorted(stats.latencies.items()):
+        errors = dict(stats.errors.get(endpoint, {}))
+        rows.append({"endpoint": endpoint, "requests": len(values), "errors": sum(errors.values()),
+                     "error_kinds": errors, "rps": len(values) / elapsed, "p50_ms": pct(values, 0.50),
+                     "p95_ms": pct(values, 0.95), "p99_ms": pct(values, 0.99), "max_ms": max(values) * 1000,
+                     "mean_ms": statistics.fmean(values) * 1000})
+    print(f"\n{clients} clients, {elapsed:.1f} s")
+    print("| endpoint | requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['endpoint']} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['p50_ms']:.0f} | "
+              f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} |")
+        if r["error_kinds"]:
+            print(f"|   errors: {r['error_kinds']} |")
+    return rows
+
+
+def job_states(database_url: str, job_ids: list[str]) -> dict[str, int]:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from glai_common.db import make_engine
+    from glai_common.models import Job
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            rows = session.execute(select(Job.state, func.count()).where(Job.id.in_(job_ids))
+                                   .group_by(Job.state)).all()
+        return {state: int(count) for state, count in rows}
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--list-share", type=float, default=0.2, help="Fraction of requests that list jobs.")
+    parser.add_argument("--jobs", type=int, default=4, help="Jobs the worker trains during the load.")
+    parser.add_argument("--finished", type=int, default=60, help="Finished jobs in the list.")
+    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--thread-limit", type=int,
+                        help="Cap the API's sync thread pool (see limited_app); default: the app as is.")
+    parser.add_argument("--url", help="Target a running API instead of starting one.")
+    parser.add_argument("--key", help="API key for --url.")
+    parser.add_argument("--job-ids", nargs="*", default=[], help="Job ids to poll with --url.")
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args(argv)
+
+    service: Service | None = None
+    if args.url:
+        if not args.key or not args.job_ids:
+            parser.error("--url needs --key and --job-ids")
+        base, key, job_ids = args.url, args.key, args.job_ids
+    else:
+        service = start_service(args.jobs, args.finished, args.api_workers, args.thread_limit)
+        base, key, job_ids = service.url, service.key, service.job_ids
+    try:
+        before = job_states(service.database_url, job_ids) if service else {}
+        stats, elapsed = asyncio.run(run_load(base, key, job_ids, args.clients, args.duration,
+                                              args.list_share))
+        rows = report(stats, elapsed, args.clients)
+        after = job_states(service.database_url, job_ids) if service else {}
+        if service:
+            print(f"\njob states before the load: {before}; after: {after}")
+        if args.json:
+            args.json.write_text(json.dumps({"clients": args.clients, "duration_s": elapsed, "rows": rows,
+                                             "jobs_before": before, "jobs_after": after}, indent=2))
+    finally:
+        if service is not None:
+            service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
