@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -46,13 +47,30 @@ def get_db(services: Annotated[Services, Depends(get_services)]) -> Iterator[Ses
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer glai_...`.")
 
 
+def _is_local(request: Request) -> bool:
+    """A loopback peer, or one that is no IP at all (a Unix socket, the test client)."""
+    host = request.client.host if request.client else None
+    try:
+        return host is None or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 def current_owner(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     db: Annotated[Session, Depends(get_db)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The owner every query is scoped to. Missing, unknown or revoked keys get the same 401."""
+    """The owner every query is scoped to. Missing, unknown or revoked keys get the same 401.
+
+    With auth disabled only local peers are served: ``glai serve`` already refuses a public address
+    then, and this keeps a hand-started ``uvicorn --host 0.0.0.0`` from handing everything to anyone.
+    """
     if not services.settings.auth_enabled:
+        if not _is_local(request):
+            raise ApiError(401, "this server runs without API keys (GLAI_AUTH_ENABLED=false) and so only "
+                                "answers local connections", headers={"WWW-Authenticate": "Bearer"})
         return LOCAL_OWNER
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:

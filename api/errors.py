@@ -35,11 +35,16 @@ def error_body(detail: str, field: str | None = None, **extra: Any) -> dict[str,
     return {"detail": detail, "field": field, **extra}
 
 
+_UNION_TAGS = {"float", "int", "str", "bool", "none", "list", "dict"}
+
+
 def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    """('body', 'architecture', 'hidden', 0) -> 'architecture.hidden.0'; the request part is dropped."""
+    """('body', 'architecture', 'hidden', 0) -> 'architecture.hidden.0'; the request part is dropped, and
+    so are pydantic's union-branch tags (`literal['auto']`, `float`), which name no field of the API."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
+    parts = [p for p in parts if p not in _UNION_TAGS and "[" not in p and "(" not in p]
     return ".".join(parts) or None
 
 
@@ -49,15 +54,28 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
                         headers=exc.headers)
 
 
+_REWORDED = {  # FastAPI's own messages, said so that the client knows what to fix
+    "There was an error parsing the body": "the request body is not valid JSON (is it UTF-8 text?)",
+}
+
+
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    detail = _REWORDED.get(detail, detail)
     return JSONResponse(error_body(detail), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": _loc_to_field(e.get("loc", ())), "message": e.get("msg", "invalid value")}
+    broken = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+    if broken is not None:  # not a field's fault: the body is not JSON at all
+        reason = (broken.get("ctx") or {}).get("error", "")
+        where = broken.get("loc", ("body", None))[-1]
+        return JSONResponse(error_body(f"the request body is not valid JSON ({reason} at character {where})"
+                                       if reason else "the request body is not valid JSON"), status_code=400)
+    errors = [{"field": _loc_to_field(e.get("loc", ())),
+               "message": str(e.get("msg", "invalid value")).removeprefix("Value error, ")}
               for e in exc.errors()]
     first = errors[0] if errors else {"field": None, "message": "invalid request"}
     where = f"{first['field']}: " if first["field"] else ""

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Services
 from api.errors import error_body, install_error_handlers
+from api.openapi import install_openapi
 from api.routes import datasets, health, jobs, results
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
@@ -30,22 +32,68 @@ Errors always have the body `{"detail": "...", "field": "..." | null}`.
 """
 
 
-class RequestSizeLimit:
-    """Refuse JSON bodies above ``limit`` bytes early (uploads have their own, larger limit)."""
+class BodyTooLarge(HTTPException):
+    """Raised from inside ``receive`` so FastAPI's body reader re-raises it instead of calling it a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes (GLAI_MAX_REQUEST_BYTES)")
+
+
+class RequestGuard:
+    """Cheap checks before any route runs.
+
+    * JSON bodies above ``limit`` bytes get a 413: at once when Content-Length says so, otherwise (chunked
+      transfer, or a lying length) the moment the bytes read pass the limit, so nothing larger is buffered.
+    * A NUL byte in the path or query string gets a 400: no id, key or name ever contains one, and
+      PostgreSQL refuses them in text, so they would otherwise surface as 500s deep in a query.
+    * A body that is not JSON (declared by its Content-Type) gets a 415 instead of a confusing 422.
+
+    Uploads (``exempt``) are streamed and limited by their own parser.
+    """
 
     def __init__(self, app: ASGIApp, limit: int, exempt: Callable[[Scope], bool]) -> None:
         self.app, self.limit, self.exempt = app, limit, exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.exempt(scope):
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.limit:
-                from fastapi.responses import JSONResponse
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+        target = raw_path + b"?" + scope.get("query_string", b"")
+        if b"\x00" in target or b"%00" in target or "\x00" in scope.get("path", ""):
+            await _reject(scope, receive, send, 400, "NUL characters are not allowed in the URL")
+            return
+        if self.exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        has_body = (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if has_body and media and media != b"application/json" and not media.endswith(b"+json"):
+            await _reject(scope, receive, send, 415,
+                          f"send the request body as application/json (got {media.decode('latin-1')[:80]})")
+            return
+        if length.isdigit() and int(length) > self.limit:
+            await _reject(scope, receive, send, 413,
+                          f"request body exceeds {self.limit} bytes (GLAI_MAX_REQUEST_BYTES)")
+            return
+        seen = 0
 
-                body = error_body(f"request body exceeds {self.limit} bytes (GLAI_MAX_REQUEST_BYTES)")
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    await JSONResponse(error_body(detail), status_code=status)(scope, receive, send)
 
 
 def _is_upload(scope: Scope) -> bool:
@@ -82,11 +130,12 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                       {"name": "health", "description": "Probes for orchestrators."}])
     app.state.services = services
     install_error_handlers(app)
-    app.add_middleware(RequestSizeLimit, limit=settings.max_request_bytes, exempt=_is_upload)
+    app.add_middleware(RequestGuard, limit=settings.max_request_bytes, exempt=_is_upload)
     for module in (datasets, jobs, results):
         app.include_router(module.router, prefix=f"/{API_VERSION}")
     app.include_router(health.router)
     _mount_dashboard(app)
+    install_openapi(app)
     return app
 
 

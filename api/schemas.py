@@ -7,10 +7,11 @@ parameters, time) are checked by the job service against ``Settings`` and report
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from glai_core.config import (
     ArchitectureConfig,
@@ -22,6 +23,7 @@ from glai_core.config import (
 
 _ARCH, _STRUCT, _QUANT = ArchitectureConfig(), StructuralConfig(), QuantitativeConfig()
 _PRUNE, _BASE = PruningConfig(), BaselineConfig()
+MIN_REDUCTION, MAX_REDUCTION = 0.01, 1e4  # r < 1 widens GLAI; the width and memory limits still apply
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -41,18 +43,40 @@ class Out(BaseModel):
 
 
 class In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields, NaN/Infinity (Python's JSON reader accepts them) and NUL characters
+    (PostgreSQL refuses them in text) are all refused with a 422 naming the field."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("NUL characters are not allowed")
+        return value
 
 
 # ---------------------------------------------------------------- errors and health
 
 class ErrorBody(BaseModel):
-    """The body of every error response."""
+    """The body of every error response (some add keys, e.g. `errors` on 422s, `job_id` on a 503)."""
 
     detail: str = Field(description="What went wrong, as one sentence a person can act on.",
                         examples=["architecture.hidden: at most 4 hidden layers are allowed (got 6)"])
     field: str | None = Field(None, description="The request field to blame (dotted path), if any.",
                               examples=["architecture.hidden"])
+
+
+class FieldError(BaseModel):
+    field: str | None = Field(description="Dotted path of the invalid field (null: the whole request).")
+    message: str = Field(description="Why it is invalid.")
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: `detail`/`field` describe the first problem; `errors` lists every problem found by the
+    request validation (absent when a limit or a dataset check refused the request)."""
+
+    errors: list[FieldError] | None = Field(None, description="Every invalid field, when several were.")
 
 
 class Health(BaseModel):
@@ -67,8 +91,10 @@ class Health(BaseModel):
 class BuiltinDatasetCreate(In):
     """Materialise one of the bundled datasets (no download happens)."""
 
-    name: str = Field(description="Built-in dataset name, e.g. `digits` or `mnist1d`.", examples=["digits"])
-    seed: int = Field(0, ge=0, description="Seed for datasets that are generated or split randomly.")
+    name: str = Field(max_length=64, description="Built-in dataset name, e.g. `digits` or `mnist1d`.",
+                      examples=["digits"])
+    seed: int = Field(0, ge=0, le=2**31 - 1,
+                      description="Seed for datasets that are generated or split randomly.")
     display_name: str | None = Field(None, max_length=256,
                                      description="Name to show; defaults to the built-in name.")
 
@@ -83,6 +109,7 @@ class DatasetOut(Out):
     source: str = Field(description="`upload` or `builtin`.")
     file_format: str = Field(description="Format of the original file: npz, csv, parquet or builtin.")
     label_column: str | None = Field(description="Column used as the label for csv/parquet uploads.")
+    text_column: str | None = Field(None, description="kind `text`: the column holding the texts.")
     sha256: str = Field(description="SHA-256 of the uploaded file (of the stored arrays for built-ins).")
     size_bytes: int = Field(description="Size of the uploaded file in bytes.")
     n_samples: int = Field(description="Training samples.")
@@ -106,9 +133,12 @@ class ArchitectureIn(In):
     hidden: list[int] = Field(default_factory=lambda: list(_ARCH.hidden), min_length=1,
                               description="Hidden widths of the reference MLP, input side first.",
                               examples=[[256], [512, 256]])
-    reduction_factor: Literal["auto"] | float = Field(
-        "auto", description="GLAI width = reference width / r. `auto` picks r so that GLAI's trainable "
-        "parameters match the reference MLP's.", examples=["auto", 4.0])
+    reduction_factor: Annotated[Literal["auto"] | float, WithJsonSchema({"anyOf": [
+        {"type": "string", "enum": ["auto"]},
+        {"type": "number", "minimum": MIN_REDUCTION, "maximum": MAX_REDUCTION}]})] = Field(
+        "auto", description=f"GLAI width = reference width / r, {MIN_REDUCTION} <= r <= {MAX_REDUCTION:g}. "
+        "`auto` picks r so that GLAI's trainable parameters match the reference MLP's.",
+        examples=["auto", 4.0])
 
     @field_validator("hidden")
     @classmethod
@@ -117,26 +147,40 @@ class ArchitectureIn(In):
             raise ValueError("every hidden width must be at least 1")
         return widths
 
-    @field_validator("reduction_factor")
+    @field_validator("reduction_factor", mode="before")
     @classmethod
-    def _factor(cls, r: str | float) -> str | float:
-        if not isinstance(r, str) and not r > 0:
-            raise ValueError("reduction_factor must be 'auto' or a number above 0")
-        return r
+    def _factor(cls, r: Any) -> Any:
+        """Checked before the union, so a bad value gets one clear message naming the field."""
+        problem = (f"reduction_factor must be 'auto' or a finite number from {MIN_REDUCTION} to "
+                   f"{MAX_REDUCTION:g} (got {r!r:.40})")
+        if r == "auto":
+            return r
+        if isinstance(r, bool) or not isinstance(r, int | float | str):
+            raise ValueError(problem)
+        try:
+            value = float(r)
+        except ValueError:
+            raise ValueError(problem) from None
+        if not math.isfinite(value) or not MIN_REDUCTION <= value <= MAX_REDUCTION:
+            raise ValueError(problem)
+        return value
 
 
 class StructuralIn(In):
     """Phase 1: train the structural MLP until its gating pattern stops changing."""
 
     max_epochs: int = Field(_STRUCT.max_epochs, ge=1, description="Upper bound on structural epochs.")
-    min_epochs: int = Field(_STRUCT.min_epochs, ge=0, description="Epochs always run before checking.")
+    min_epochs: int = Field(_STRUCT.min_epochs, ge=0, le=1_000_000,
+                            description="Epochs always run before checking (at most max_epochs).")
     threshold: float = Field(_STRUCT.threshold, gt=0, le=1,
                              description="Path distance between epochs below which the structure is stable.")
-    window: int = Field(_STRUCT.window, ge=1, description="Consecutive stable checks needed to freeze.")
+    window: int = Field(_STRUCT.window, ge=1, le=10_000,
+                        description="Consecutive stable checks needed to freeze.")
     lr: float = Field(_STRUCT.lr, gt=0, le=10, description="Adam learning rate.")
     batch_size: int = Field(_STRUCT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
-    weight_decay: float = Field(_STRUCT.weight_decay, ge=0, description="Adam weight decay.")
-    probe_size: int = Field(_STRUCT.probe_size, ge=1, description="Samples used to measure path distance.")
+    weight_decay: float = Field(_STRUCT.weight_decay, ge=0, le=10, description="Adam weight decay.")
+    probe_size: int = Field(_STRUCT.probe_size, ge=1, le=1_000_000,
+                            description="Samples used to measure path distance.")
 
     @model_validator(mode="after")
     def _order(self) -> StructuralIn:
@@ -154,8 +198,10 @@ class QuantitativeIn(In):
     epochs: int = Field(_QUANT.epochs, ge=0, description="Adam epochs (0: none).")
     lr: float = Field(_QUANT.lr, gt=0, le=10, description="Adam learning rate.")
     batch_size: int = Field(_QUANT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
-    ridge_lambda: float = Field(_QUANT.ridge_lambda, ge=0, description="Ridge regularisation strength.")
-    patience: int = Field(_QUANT.patience, ge=1, description="Epochs without improvement before stopping.")
+    ridge_lambda: float = Field(_QUANT.ridge_lambda, ge=0, le=1e6,
+                                description="Ridge regularisation strength (relative to mean diag(F^T F)).")
+    patience: int = Field(_QUANT.patience, ge=1, le=10_000,
+                          description="Epochs without improvement before stopping.")
 
 
 class PruningIn(In):
@@ -181,7 +227,8 @@ class BaselineIn(In):
 
     enabled: bool = Field(_BASE.enabled, description="Train the MLP baseline.")
     max_epochs: int = Field(_BASE.max_epochs, ge=1, description="Upper bound on baseline epochs.")
-    patience: int = Field(_BASE.patience, ge=1, description="Epochs without improvement before stopping.")
+    patience: int = Field(_BASE.patience, ge=1, le=10_000,
+                          description="Epochs without improvement before stopping.")
     lr: float = Field(_BASE.lr, gt=0, le=10, description="Adam learning rate.")
     batch_size: int = Field(_BASE.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
 
@@ -189,7 +236,7 @@ class BaselineIn(In):
 class JobCreate(In):
     """A training request. Everything but `dataset_id` is optional; defaults come from glai_core."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
         {"dataset_id": "4f1c0e2a9b7d4e3f8a6b5c4d3e2f1a0b", "architecture": {"hidden": [256]},
          "structural": {"max_epochs": 20}, "pruning": {"sparsities": [0.5, 0.9]}, "seed": 1}]})
 
@@ -200,11 +247,15 @@ class JobCreate(In):
     pruning: PruningIn = Field(default_factory=PruningIn)
     baseline: BaselineIn = Field(default_factory=BaselineIn)
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for initialisation, shuffling and splits.")
+    backbone: Literal["minilm", "efficientnet-lite0"] | None = Field(
+        None, description="Frozen backbone that embeds a raw dataset first: `minilm` for kind `text`, "
+        "`efficientnet-lite0` for kind `images`; null for `features`.")
     validation_fraction: float = Field(0.2, gt=0, lt=1,
                                        description="Share held out for validation when the dataset has no "
                                        "validation split of its own.")
-    time_limit_s: int | None = Field(None, ge=1, description="Wall-clock limit; the job fails with kind "
-                                     "`timeout` past it. Default: GLAI_DEFAULT_JOB_TIME_LIMIT_S.")
+    time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Wall-clock limit in seconds; the job "
+                                     "fails with kind `timeout` past it. Default: "
+                                     "GLAI_DEFAULT_JOB_TIME_LIMIT_S; at most GLAI_MAX_JOB_TIME_LIMIT_S.")
 
 
 # ---------------------------------------------------------------- jobs: response

@@ -11,6 +11,7 @@ _TEXT = {
     401: "Missing, unknown or revoked API key.",
     404: "Not found, or owned by someone else.",
     409: "Conflicts with the current state.",
+    410: "The file is gone from storage (the row remains).",
     413: "Upload larger than GLAI_MAX_UPLOAD_BYTES.",
     415: "Wrong content type.",
     416: "Requested byte range cannot be satisfied.",

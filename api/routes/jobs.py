@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import AfterValidator, BeforeValidator
 
 from api.deps import DbDep, OwnerDep, ServicesDep
 from api.presenters import job_brief, job_out
 from api.routes.common import errors
 from api.schemas import JobCreate, JobList, JobOut
 from api.services import jobs
+from glai_common.states import STATES
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _not_a_number(value: object) -> object:
+    """Pydantic would read `1.5e9` as a Unix time; the documented format is ISO-8601 only."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("use an ISO-8601 date-time such as 2024-05-01T12:00:00Z")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Convert here, where a failure is a 422: year-1 or year-9999 times with an offset overflow."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("date-time is out of range") from exc
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_in_utc)]
 
 
 @router.post("", status_code=202, response_model=JobOut, summary="Submit a training job",
@@ -23,9 +47,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
                         **errors(404, 409, 422, 503)})
 def submit_job(body: JobCreate, response: Response, services: ServicesDep, db: DbDep, owner: OwnerDep,
                idempotency_key: Annotated[str | None, Header(
-                   max_length=256, description="Any unique string (e.g. a UUID). Retrying with the same key "
-                   "and the same body returns the same job (200); the same key with a different body is "
-                   "a 409.")] = None) -> JobOut:
+                   min_length=1, max_length=256, pattern=r"^[\x20-\x7e]+$",
+                   description="Any unique string (e.g. a UUID): printable ASCII, 1-256 characters, scoped "
+                   "to your owner. Retrying with the same key and the same body returns the same job (200); "
+                   "the same key with a different body is a 409.")] = None) -> JobOut:
     """Validates the request against the deployment's limits, commits the job (state `queued`), then
     sends it to the workers. Poll `GET /v1/jobs/{id}` for progress."""
     job, created = jobs.submit(db, services.settings, owner, body, idempotency_key)
@@ -41,10 +66,11 @@ def submit_job(body: JobCreate, response: Response, services: ServicesDep, db: D
 @router.get("", response_model=JobList, summary="List your jobs, newest first", responses=errors(422))
 def list_jobs(
     db: DbDep, owner: OwnerDep,
-    state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
-    created_after: Annotated[datetime | None, Query(description="Only jobs created after (ISO-8601).")
+    state: Annotated[str | None, Query(pattern=f"^({'|'.join(STATES)})$",
+                                       description="Only jobs in this state.")] = None,
+    created_after: Annotated[IsoDateTime | None, Query(description="Only jobs created after (ISO-8601).")
                              ] = None,
-    created_before: Annotated[datetime | None, Query(description="Only jobs created before (ISO-8601).")
+    created_before: Annotated[IsoDateTime | None, Query(description="Only jobs created before (ISO-8601).")
                               ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,

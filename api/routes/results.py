@@ -15,6 +15,7 @@ from api.routes.common import errors
 from api.schemas import ArtifactOut, Curves, LogChunk
 from api.services import curves, downloads, jobs, logs
 from glai_common.models import Artifact
+from glai_common.states import PHASES
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
@@ -24,7 +25,8 @@ def get_curves(
     job_id: str, db: DbDep, owner: OwnerDep,
     keys: Annotated[list[str] | None, Query(description="Metric names, comma-separated or repeated "
                                             "(default: all), e.g. `val_accuracy,train_loss`.")] = None,
-    phase: Annotated[str | None, Query(description="Only this phase, e.g. `structural`.")] = None,
+    phase: Annotated[str | None, Query(pattern=f"^({'|'.join(PHASES)})$",
+                                       description="Only this phase, e.g. `structural`.")] = None,
     max_points: Annotated[int | None, Query(
         ge=2, le=100_000, description="Downsample each series to at most this many points (min/max "
         "buckets; first and last kept).")] = None,
@@ -36,8 +38,8 @@ def get_curves(
 
 @router.get("/logs", response_model=LogChunk, summary="Log text after a byte offset", responses=errors(404))
 def get_logs(job_id: str, db: DbDep, owner: OwnerDep,
-             offset: Annotated[int, Query(ge=0, description="`next_offset` of the previous call (0: from "
-                                          "the start).")] = 0) -> LogChunk:
+             offset: Annotated[int, Query(ge=0, le=2**62, description="`next_offset` of the previous call "
+                                          "(0: from the start).")] = 0) -> LogChunk:
     jobs.get_owned(db, owner, job_id)
     text, next_offset = logs.read_chunk(db, job_id, offset)
     return LogChunk(text=text, next_offset=next_offset)
@@ -53,7 +55,7 @@ def list_artifacts(job_id: str, db: DbDep, owner: OwnerDep) -> list[ArtifactOut]
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The whole file."},
                        206: {"description": "The requested byte range."},
                        304: {"description": "Not modified (If-None-Match matched the ETag)."},
-                       **errors(404, 416)})
+                       **errors(404, 410, 416)})
 def download_artifact(
     job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
     range_: Annotated[str | None, Header(alias="Range", description="One byte range: `bytes=0-1023`.")

@@ -7,6 +7,8 @@ directly on the database).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ from glai_common.models import ApiKey, utcnow
 
 KEY_PREFIX = "glai_"
 PREFIX_LEN = 12  # "glai_" + 7 characters: enough to tell keys apart in a listing
+KEY_FORMAT = re.compile(r"glai_[A-Za-z0-9_-]{16,128}")  # create_key issues 43 (token_urlsafe(32))
 
 
 def hash_key(key: str) -> str:
@@ -40,9 +43,22 @@ def create_key(session: Session, owner: str, name: str = "") -> IssuedKey:
     return IssuedKey(key=key, prefix=key[:PREFIX_LEN], owner=owner)
 
 
+def well_formed(key: str) -> bool:
+    return KEY_FORMAT.fullmatch(key) is not None
+
+
 def owner_for_key(session: Session, key: str) -> str | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-    if row is None or row.revoked_at is not None:
+    """The owner of an active key, else None (malformed, unknown and revoked look the same).
+
+    The secret is never compared: the row is found by the SHA-256 of the presented key, so response
+    time depends on a hash the caller cannot steer byte by byte; the final equality check is constant
+    time anyway. Malformed keys (wrong prefix, length or alphabet) never reach the database.
+    """
+    if not well_formed(key):
+        return None
+    digest = hash_key(key)
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         return None
     return row.owner
 

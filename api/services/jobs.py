@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import JobCreate
-from api.services import datasets
+from api.services import datasets, limits
 from api.services.pagination import as_utc, page, split_page
 from glai_common import jobs as job_repo
 from glai_common.models import Dataset, IdempotencyKey, Job, JobTransition, new_id
@@ -28,7 +28,6 @@ from glai_common.settings import Settings
 from glai_common.states import FAILED, FINAL_STATES, QUEUED, STATES, transition
 from glai_common.storage import LocalStorage
 from glai_core.config import TrainConfig
-from glai_core.model import match_parameters
 
 log = logging.getLogger("glai.api")
 
@@ -42,8 +41,11 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
         "structural": body.structural.model_dump(), "quantitative": body.quantitative.model_dump(),
         "pruning": body.pruning.model_dump(), "baseline": body.baseline.model_dump(), "seed": body.seed,
     })
-    spec = {"config": config.to_dict(), "backbone": None, "validation_fraction": body.validation_fraction}
-    return spec, body.time_limit_s or settings.default_job_time_limit_s
+    spec = {"config": config.to_dict(), "backbone": body.backbone,
+            "validation_fraction": body.validation_fraction}
+    # a deployment may lower the maximum below the default: the default must never be refused
+    default = min(settings.default_job_time_limit_s, settings.max_job_time_limit_s)
+    return spec, body.time_limit_s or default
 
 
 def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int) -> str:
@@ -53,38 +55,13 @@ def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int) -> st
 
 
 def check_limits(spec: dict[str, Any], time_limit_s: int, dataset: Dataset, settings: Settings) -> None:
-    """Deployment limits, each reported as a 422 naming the field, the value and the setting."""
-    config = spec["config"]
-    hidden: list[int] = config["architecture"]["hidden"]
-    if len(hidden) > settings.max_hidden_layers:
-        raise ApiError(422, f"at most {settings.max_hidden_layers} hidden layers are allowed (got "
-                            f"{len(hidden)}; GLAI_MAX_HIDDEN_LAYERS)", "architecture.hidden")
-    for index, width in enumerate(hidden):
-        if width > settings.max_hidden_width:
-            raise ApiError(422, f"hidden width {width} is above the limit of {settings.max_hidden_width} "
-                                "(GLAI_MAX_HIDDEN_WIDTH)", f"architecture.hidden.{index}")
-    epochs = {"structural.max_epochs": config["structural"]["max_epochs"],
-              "quantitative.epochs": config["quantitative"]["epochs"],
-              "pruning.finetune_epochs": config["pruning"]["finetune_epochs"],
-              "baseline.max_epochs": config["baseline"]["max_epochs"]}
-    for name, value in epochs.items():
-        if value > settings.max_epochs:
-            raise ApiError(422, f"{name} is {value}, above the limit of {settings.max_epochs} epochs "
-                                "(GLAI_MAX_EPOCHS)", name)
-    if time_limit_s > settings.max_job_time_limit_s:
-        raise ApiError(422, f"time_limit_s is {time_limit_s}, above the limit of "
-                            f"{settings.max_job_time_limit_s} s (GLAI_MAX_JOB_TIME_LIMIT_S)", "time_limit_s")
-    try:
-        match = match_parameters(dataset.n_features, hidden, dataset.n_classes,
-                                 config["architecture"]["reduction_factor"])
-    except ValueError as exc:
-        raise ApiError(422, f"architecture cannot be matched: {exc}", "architecture") from exc
-    largest = max(match.glai_trainable_params, match.mlp_params)
-    if largest > settings.max_trainable_params:
-        raise ApiError(422, f"this architecture needs about {largest:,} trainable parameters on this dataset "
-                            f"(d={dataset.n_features}, m={dataset.n_classes}), above the limit of "
-                            f"{settings.max_trainable_params:,} (GLAI_MAX_TRAINABLE_PARAMS); use smaller "
-                            "hidden widths or a larger reduction_factor", "architecture.hidden")
+    """Deployment limits (``api.services.limits``) for this dataset's shape, each a 422 naming the field.
+    With a backbone the job trains on its embeddings, so their width is the ``d`` that counts."""
+    from glai_core.backbones import BACKBONES
+
+    d = BACKBONES.get(spec.get("backbone") or "", dataset.n_features)
+    limits.check_limits(spec, time_limit_s, d, dataset.n_classes, dataset.n_samples + dataset.n_validation,
+                        settings)
 
 
 def _replay(db: Session, owner: str, key: str, digest: str) -> Job | None:
@@ -105,7 +82,10 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
     if idempotency_key and (job := _replay(db, owner, idempotency_key, digest)) is not None:
         return job, False
 
+    if not looks_like_id(body.dataset_id):
+        raise not_found("dataset", body.dataset_id, "dataset_id")
     dataset = datasets.get_owned(db, owner, body.dataset_id, "dataset_id")
+    datasets.check_backbone(dataset, body.backbone)
     check_limits(spec, time_limit_s, dataset, settings)
     job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, state=QUEUED, spec=spec,
               time_limit_s=time_limit_s)
@@ -141,7 +121,15 @@ def enqueue_or_fail(db: Session, enqueue: Callable[[str], None], job: Job) -> No
                             "retry later", None, extra={"job_id": job.id}) from exc
 
 
+def looks_like_id(value: str) -> bool:
+    """Ids are uuid4 hex; anything else cannot exist, so it is a 404 without touching the database."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def get_owned(db: Session, owner: str, job_id: str) -> Job:
+    """The caller's job, or a 404 identical to a missing one: another owner's id reveals nothing."""
+    if not looks_like_id(job_id):
+        raise not_found("job", job_id)
     job = db.get(Job, job_id)
     if job is None or job.owner != owner:
         raise not_found("job", job_id)

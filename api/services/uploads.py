@@ -23,6 +23,7 @@ from api.errors import ApiError
 
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024  # headers and text fields on top of the file itself
+MAX_PARTS = 16  # the form has five documented fields; more is abuse, not a dataset
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _FormSink:
         self._buffer = bytearray()
         self._file: object | None = None
         self._hash = hashlib.sha256()
+        self._parts = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -67,6 +69,9 @@ class _FormSink:
         }
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise ApiError(413, f"the form has more than {MAX_PARTS} parts", None)
         self._headers, self._name, self._buffer = {}, None, bytearray()
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -89,6 +94,9 @@ class _FormSink:
             if self.form.file_path is not None:
                 raise ApiError(422, "send exactly one file", self.file_field)
             filename = params.get(b"filename", b"")
+            if b"\x00" in filename:  # PostgreSQL refuses NUL in text; no real file name has one
+                raise ApiError(422, "the file name contains a NUL character", self.file_field)
+            # Only the last path component survives, and only as a display name: storage keys are ids.
             self.form.filename = Path(filename.decode("utf-8", "replace").replace("\\", "/")).name
             fd, path = tempfile.mkstemp(prefix="upload-", dir=self.tmp_dir)
             self.form.file_path = Path(path)
@@ -113,6 +121,8 @@ class _FormSink:
             self._file = None
             self.form.sha256 = self._hash.hexdigest()
         elif self._name is not None:
+            if b"\x00" in self._buffer:
+                raise ApiError(422, f"form field '{self._name}' contains a NUL character", self._name)
             self.form.fields[self._name] = self._buffer.decode("utf-8", "replace")
 
     def abort(self) -> None:
@@ -134,8 +144,12 @@ async def receive_form(content_type: str | None, content_length: str | None, bod
     tmp_dir.mkdir(parents=True, exist_ok=True)
     sink = _FormSink(tmp_dir, max_file_bytes, file_field)
     parser = MultipartParser(params[b"boundary"], sink.callbacks())  # type: ignore[arg-type]
+    received, body_limit = 0, max_file_bytes + MULTIPART_OVERHEAD
     try:
         async for chunk in body:
+            received += len(chunk)  # counted here too: a chunked body has no Content-Length to trust
+            if received > body_limit:
+                raise too_large(max_file_bytes)
             parser.write(chunk)
         parser.finalize()
         if sink._file is not None:
