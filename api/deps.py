@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,8 +35,13 @@ def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def get_db(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
-    """One session per request. Services commit their own unit of work; close() rolls back the rest."""
+async def get_db(services: Annotated[Services, Depends(get_services)]) -> AsyncIterator[Session]:
+    """One session per request. Services commit their own unit of work; close() rolls back the rest.
+
+    Async on purpose: creating a session does no I/O, and closing it here runs on the event loop the
+    moment the response is ready, instead of queueing for a worker thread while holding a pooled
+    connection (under load that queue is what exhausts the pool).
+    """
     session = services.sessions()
     try:
         yield session
@@ -59,7 +64,6 @@ def _is_local(request: Request) -> bool:
 def current_owner(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
-    db: Annotated[Session, Depends(get_db)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The owner every query is scoped to. Missing, unknown or revoked keys get the same 401.
@@ -75,7 +79,9 @@ def current_owner(
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
-    owner = api_keys.owner_for_key(db, credentials.credentials)
+    # A short session of its own: the connection goes back to the pool before the endpoint runs.
+    with services.sessions() as auth_session:
+        owner = api_keys.owner_for_key(auth_session, credentials.credentials)
     if owner is None:
         raise ApiError(401, "invalid or revoked API key", headers=challenge)
     return owner

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,6 +84,13 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """Pool exhausted or database unreachable: a fast, retryable 503 instead of a hang or a 500."""
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(error_body("the database is busy or unreachable; retry shortly"), status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal server error"), status_code=500)
@@ -92,4 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for db_error in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError,
+                     sqlalchemy.exc.InterfaceError):
+        app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.admission import AdmissionLimit
 from api.deps import Services
 from api.errors import error_body, install_error_handlers
 from api.openapi import install_openapi
@@ -109,7 +111,7 @@ def default_enqueue(job_id: str) -> None:
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     """Build the app. ``enqueue`` defaults to ``glai_common.queue.enqueue_job`` (global settings' broker)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, settings)
     from sqlalchemy.orm import sessionmaker
 
     services = Services(settings=settings, engine=engine,
@@ -119,6 +121,11 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Never more request threads than pooled connections: each thread holds at most one, so a
+        # thread waiting for a connection always waits on one that is being used, never on a stuck one.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        connections = settings.db_pool_size + settings.db_max_overflow
+        limiter.total_tokens = max(1, min(limiter.total_tokens, connections))
         yield
         engine.dispose()
 
@@ -131,6 +138,8 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestGuard, limit=settings.max_request_bytes, exempt=_is_upload)
+    app.add_middleware(AdmissionLimit, limit=settings.db_pool_size + settings.db_max_overflow,
+                       wait_s=settings.api_queue_timeout_s)
     for module in (datasets, jobs, results):
         app.include_router(module.router, prefix=f"/{API_VERSION}")
     app.include_router(health.router)

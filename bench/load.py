@@ -182,8 +182,11 @@ def start_service(n_jobs: int, n_finished: int, api_workers: int, thread_limit: 
         from sqlalchemy.orm import Session
 
         from glai_common.db import make_engine
+        from glai_common.queue import QUEUE, TASK_RUN_JOB, make_celery
+        from glai_common.settings import Settings
 
-        engine = make_engine(database_url)
+        settings = Settings(database_url=database_url, broker_url=env["GLAI_BROKER_URL"], data_dir=tmp)
+        engine = make_engine(database_url, settings)
         with Session(engine) as session:
             issued = create_key(session, "bench")
         engine.dispose()
@@ -204,11 +207,9 @@ def start_service(n_jobs: int, n_finished: int, api_workers: int, thread_limit: 
             cwd=REPO, env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True))
         wait_port(api_port, 60)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("GLAI_")})
-        from glai_common.queue import enqueue_job
-
+        broker = make_celery("glai-bench", settings)  # explicit settings: never the cached global ones
         for job_id in ids[:n_jobs]:
-            enqueue_job(job_id)
+            broker.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
         service.url, service.key, service.job_ids = f"http://127.0.0.1:{api_port}", issued.key, ids
         return service
     except BaseException:

@@ -370,7 +370,8 @@ def _session():  # type: ignore[no-untyped-def]
     from glai_common.db import make_engine
     from glai_common.settings import Settings
 
-    return Session(make_engine(Settings().resolved_database_url))
+    settings = Settings()
+    return Session(make_engine(settings.resolved_database_url, settings))
 
 
 @admin_app.command("create-key")

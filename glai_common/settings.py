@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         "grads, Adam moments, a batch of activations, the ridge normal matrix, the dataset); the smallest "
         "worker device's memory minus headroom.")
 
+    db_pool_size: int = Field(default=10, description="Connections kept open per process (PostgreSQL).")
+    db_max_overflow: int = Field(default=30, description="Extra connections under load, per process.")
+    db_pool_timeout_s: float = Field(
+        default=10.0, description="Wait for a free connection before answering 503 (never a silent hang).")
+
+    api_queue_timeout_s: float = Field(
+        default=30.0, description="How long a request may wait for one of the API's admission slots "
+                                  "(as many as pooled connections) before a 503.")
+
     auth_enabled: bool = True
     worker_lease_s: int = 60  # a job whose heartbeat is older than this is taken as lost
     max_job_attempts: int = 3

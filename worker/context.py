@@ -59,7 +59,7 @@ class WorkerContext:
             enqueue = enqueue_job
             if queue_depth is None:
                 queue_depth = partial(broker_queue_depth, settings)
-        return cls(settings=settings, engine=make_engine(settings.resolved_database_url),
+        return cls(settings=settings, engine=make_engine(settings.resolved_database_url, settings),
                    storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
                    queue_depth=queue_depth or (lambda: None))
 
