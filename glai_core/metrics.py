@@ -96,30 +96,50 @@ def unpack_bits(packed: Tensor, width: int) -> Tensor:
     return bits.view(packed.shape[0], -1)[:, :width].bool()
 
 
+DENSE_GATE_BYTES = 512 * 1024**2  # below this the cache also keeps the gates unpacked, as float32
+
+
 class GateCache:
     """Gates of a frozen structure for every sample, computed once and kept bit-packed on the device.
 
     With S frozen the gates never change, so phase 2 pays for S's forward once instead of every epoch,
-    and packing keeps the cache at sum(h_l)/8 bytes per sample.
+    and packing keeps the cache at sum(h_l)/8 bytes per sample. When the unpacked float32 copy is small
+    (N * sum(h_l) * 4 bytes under ``dense_bytes``: 6 MB for 60k samples and 26 units) it is kept too,
+    so a training step gathers ready-made float gates instead of unpacking bits and converting them.
     """
 
-    def __init__(self, packed: list[Tensor], widths: list[int]) -> None:
-        self.packed, self.widths = packed, widths
+    def __init__(self, packed: list[Tensor], widths: list[int], dense: list[Tensor] | None = None) -> None:
+        self.packed, self.widths, self.dense = packed, widths, dense
 
     @classmethod
     @torch.no_grad()
-    def build(cls, structure: nn.Module, x: Tensor, chunk: int = 8192) -> GateCache:
+    def build(cls, structure: nn.Module, x: Tensor, chunk: int = 8192,
+              dense_bytes: int = DENSE_GATE_BYTES) -> GateCache:
         parts: list[list[Tensor]] = [[] for _ in structure.hidden]
         for start in range(0, x.shape[0], chunk):
             for level, gate in enumerate(structure.gates(x[start:start + chunk])):
                 parts[level].append(pack_bits(gate))
-        return cls([torch.cat(p) for p in parts], list(structure.hidden))
+        packed = [torch.cat(p) for p in parts]
+        widths = list(structure.hidden)
+        dense = None
+        if x.shape[0] * sum(widths) * 4 <= dense_bytes:
+            dense = [unpack_bits(p, w).to(x.dtype if x.is_floating_point() else torch.float32)
+                     for p, w in zip(packed, widths, strict=True)]
+        return cls(packed, widths, dense)
 
     def __len__(self) -> int:
         return self.packed[0].shape[0]
 
     def take(self, index: Tensor | slice) -> list[Tensor]:
+        """Gates of the selected samples: float 0/1 from the dense copy, else bool unpacked from bits."""
+        if self.dense is not None:
+            return [g[index] for g in self.dense]
         return [unpack_bits(p[index], w) for p, w in zip(self.packed, self.widths, strict=True)]
+
+    def head(self, n: int) -> GateCache:
+        """The cache of the first ``n`` samples (views, no copy)."""
+        dense = None if self.dense is None else [g[:n] for g in self.dense]
+        return GateCache([p[:n] for p in self.packed], self.widths, dense)
 
     def frequency(self, chunk: int = 65536) -> list[Tensor]:
         """P[g = 1] per hidden unit and layer (float32), e.g. for path-norm pruning scores."""

@@ -53,6 +53,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training forward (None: fp32). "auto" picks bf16 on CUDA only.
+
+    On CUDA small heads are launch-bound and bf16 halves the bytes moved; TF32 is enabled for the fp32
+    matmuls that remain (evaluation, solves). On CPU "auto" stays fp32: see docs/performance.md for the
+    measured bf16 trade-off on 2 cores.
+    """
+    if name not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {name!r}: use auto, fp32 or bf16")
+    if device.type == "cuda" and name != "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def _n_classes(data: LoadedData) -> int:
     labels = [int(data.y.max())] + ([int(data.y_val.max())] if data.y_val is not None else [])
     return max(len(data.class_names), max(labels) + 1)
@@ -76,25 +93,26 @@ def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> Pipelin
     arch = config.architecture
     match = match_parameters(d, arch.hidden, m, arch.reduction_factor)
     ckpt_dir = hooks.checkpoint_dir
+    autocast = resolve_precision(config.precision, device)
 
     structural = structural_phase(train, val, match.glai_hidden, m, config.structural, hooks,
-                                  phase_path(ckpt_dir, "structural"), config.seed)
+                                  phase_path(ckpt_dir, "structural"), config.seed, autocast)
     hooks_end(hooks, "structural", structural)
     structure = structural.model
     assert isinstance(structure, StructuralMLP)
     block = GLAIBlock.from_structure(structure, warm_start=config.quantitative.warm_start)
     quant = quantitative_phase(block, train, val, config.quantitative, hooks,
-                               phase_path(ckpt_dir, "quantitative"), config.seed)
+                               phase_path(ckpt_dir, "quantitative"), config.seed, autocast)
     hooks_end(hooks, "quantitative", quant)
 
     pruned: list[PruneResult] = []
     if config.pruning.enabled and config.pruning.sparsities:
         pruned = pruning_phase(block, train, val, config.pruning, config.quantitative.batch_size, hooks,
-                               config.seed)
+                               config.seed, autocast)
     baseline = None
     if config.baseline.enabled:
         baseline = baseline_phase(train, val, arch.hidden, m, config.baseline, hooks,
-                                  phase_path(ckpt_dir, "baseline"), config.seed)
+                                  phase_path(ckpt_dir, "baseline"), config.seed, autocast)
         hooks_end(hooks, "baseline", baseline)
     histories = {"structural": structural.history, "quantitative": quant.history}
     if baseline is not None:
@@ -130,7 +148,8 @@ def stability_rule(cfg: StructuralConfig):  # noqa: ANN201 (returns a StopRule)
 
 
 def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, cfg: StructuralConfig,
-                     hooks: Hooks, checkpoint: Path | None, seed: int) -> FitResult:
+                     hooks: Hooks, checkpoint: Path | None, seed: int,
+                     autocast: torch.dtype | None = None) -> FitResult:
     """Train S and stop when its activation pattern on the probe set has settled.
 
     The frozen structure is S at the stopping epoch (whose gates were found stable), not the best one.
@@ -150,7 +169,7 @@ def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int
         return values
 
     settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                           weight_decay=cfg.weight_decay, keep_best=False, seed=seed + 1)
+                           weight_decay=cfg.weight_decay, keep_best=False, seed=seed + 1, autocast=autocast)
     return fit(structure, train, val, settings, hooks, "structural", checkpoint=checkpoint,
                epoch_metrics=distances, stop_rule=stability_rule(cfg))
 
@@ -158,12 +177,13 @@ def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int
 # ------------------------------------------------------------------------------------ baseline
 
 def baseline_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, cfg: BaselineConfig,
-                   hooks: Hooks, checkpoint: Path | None, seed: int) -> FitResult:
+                   hooks: Hooks, checkpoint: Path | None, seed: int,
+                   autocast: torch.dtype | None = None) -> FitResult:
     """The reference-width MLP, same loop and data, early-stopped on validation; best weights kept."""
     torch.manual_seed(seed + 7)
     model = StructuralMLP(train.x.shape[1], hidden, m).to(train.x.device)
     settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
-                           keep_best=True, seed=seed + 3)
+                           keep_best=True, seed=seed + 3, autocast=autocast)
     return fit(model, train, val, settings, hooks, "baseline", checkpoint=checkpoint)
 
 
@@ -180,7 +200,7 @@ class _Forwarding(Hooks):
 
 
 def pruning_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: PruningConfig, batch_size: int,
-                  hooks: Hooks, seed: int) -> list[PruneResult]:
+                  hooks: Hooks, seed: int, autocast: torch.dtype | None = None) -> list[PruneResult]:
     """Path-norm pruning sweep (``glai_core.prune``), fine-tuned by the same first-order loop.
 
     One event per sparsity level (step = level). Not checkpointed per level: a resumed job reruns the
@@ -198,7 +218,8 @@ def pruning_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: Pruni
         start = evaluate_point(candidate, None, va)
         best = Best()
         best.take(candidate, 0, start["val_accuracy"], start["val_loss"])
-        settings = FitSettings(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=batch_size, seed=seed + 5)
+        settings = FitSettings(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=batch_size, seed=seed + 5,
+                               autocast=autocast)
         fit(candidate, tr, va, settings, quiet, "pruning", best=best, announce=False)
         return candidate
 
@@ -265,4 +286,5 @@ def build_summary(match: ParameterMatch, structural: FitResult, quant: FitResult
 
 
 __all__ = ["PipelineResult", "run_pipeline", "structural_phase", "baseline_phase", "pruning_phase",
-           "time_to_target", "build_summary", "stability_rule", "resolve_device", "PhaseState"]
+           "time_to_target", "build_summary", "stability_rule", "resolve_device", "resolve_precision",
+           "PhaseState"]

@@ -52,6 +52,16 @@ class FitSettings:
     keep_best: bool = True  # restore the best-validation weights at the end
     seed: int = 0
     poll_seconds: float = 1.0
+    schedule: str = "constant"  # or "linear": lr decays per epoch to 0 at ``epochs`` (convex phase 2)
+    first_step: int = 0  # steps of the phase before the loop (warm start, closed-form solve)
+    autocast: torch.dtype | None = None  # e.g. torch.bfloat16: training forward under autocast
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of epoch ``step``; a pure function of the step, so resuming reproduces it."""
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.epochs - self.first_step)
+        return self.lr * max(0.0, (self.epochs - step + 1) / span)
 
 
 @dataclass
@@ -96,16 +106,23 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
 
 
 def _train_epoch(model: nn.Module, data: DeviceSet, optimizer: torch.optim.Optimizer, batch_size: int,
-                 generator: torch.Generator, hooks: Hooks, poll_seconds: float) -> Tensor:
-    """One shuffled pass; returns the summed training loss as a device tensor (no host sync)."""
+                 generator: torch.Generator, hooks: Hooks, poll_seconds: float,
+                 autocast: torch.dtype | None = None) -> Tensor:
+    """One shuffled pass; returns the summed training loss as a device tensor (no host sync).
+
+    With ``autocast`` the forward runs in that dtype (weights, optimizer state and evaluation stay fp32).
+    """
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.x.device, non_blocking=True)
-    total = torch.zeros((), dtype=torch.float32, device=data.x.device)
+    device = data.x.device
+    order = torch.randperm(len(data), generator=generator).to(device, non_blocking=True)
+    total = torch.zeros((), dtype=torch.float32, device=device)
     last_poll = time.monotonic()
     for start in range(0, len(data), batch_size):
         index = order[start:start + batch_size]
         gates = None if data.gates is None else data.gates.take(index)
-        loss = F.cross_entropy(logits(model, data.x[index], gates), data.y[index])
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            out = logits(model, data.x[index], gates)
+        loss = F.cross_entropy(out.float(), data.y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -180,8 +197,10 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     stopped_by = state.stopped_by or ("max_epochs" if state.step >= settings.epochs else None)
     while stopped_by is None:
         step = state.step + 1
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr_at(step)
         loss_sum = _train_epoch(model, train, optimizer, settings.batch_size, generator, hooks,
-                                settings.poll_seconds)
+                                settings.poll_seconds, settings.autocast)
         metrics = evaluate_point(model, train, val, loss_sum)
         if epoch_metrics is not None:
             metrics.update(epoch_metrics(model))

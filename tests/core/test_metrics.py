@@ -124,9 +124,25 @@ def test_gate_cache_matches_structure() -> None:
     cache = GateCache.build(structure, x, chunk=33)
     index = torch.tensor([5, 0, 99, 42])
     for cached, direct in zip(cache.take(index), structure.gates(x[index]), strict=True):
-        assert torch.equal(cached, direct)
+        assert torch.equal(cached.bool(), direct)
     for freq, direct in zip(cache.frequency(chunk=17), structure.gates(x), strict=True):
         assert torch.allclose(freq, direct.float().mean(dim=0))
+
+
+def test_dense_and_packed_gate_caches_agree() -> None:
+    """The fast path (unpacked float copy) and the bit-packed cache give the same gates and forward."""
+    torch.manual_seed(0)
+    structure = StructuralMLP(6, [9, 5], 3)
+    block = GLAIBlock.from_structure(structure)
+    x = torch.randn(100, 6)
+    dense, packed = GateCache.build(structure, x), GateCache.build(structure, x, dense_bytes=0)
+    assert dense.dense is not None and packed.dense is None
+    index = torch.tensor([3, 1, 77])
+    for a, b in zip(dense.take(index), packed.take(index), strict=True):
+        assert a.dtype == torch.float32 and b.dtype == torch.bool and torch.equal(a.bool(), b)
+    assert torch.equal(block(x[index], gates=dense.take(index)), block(x[index], gates=packed.take(index)))
+    head = dense.head(10)
+    assert len(head) == 10 and torch.equal(head.take(slice(None))[0], dense.take(slice(0, 10))[0])
 
 
 def test_evaluate_matches_direct_computation() -> None:

@@ -41,7 +41,7 @@ def digits() -> LoadedData:
 def small_config(hidden: list[int], pruning: bool = False, baseline: bool = False) -> TrainConfig:
     config = TrainConfig.from_dict({
         "architecture": {"hidden": hidden},
-        "structural": {"max_epochs": 6, "batch_size": 128},
+        "structural": {"max_epochs": 6, "min_epochs": 2, "batch_size": 128},
         "quantitative": {"epochs": 2, "batch_size": 128, "ridge_lambda_search": 1},
         "pruning": {"enabled": pruning, "sparsities": [0.5], "finetune_epochs": 1},
         "baseline": {"enabled": baseline, "max_epochs": 12, "batch_size": 128},

@@ -149,3 +149,47 @@ def test_checkpoint_is_safetensors_with_json_metadata(digits: tuple[DeviceSet, D
     assert meta["state"]["finished"] and meta["state"]["step"] == 2
     assert [h["step"] for h in meta["state"]["history"]] == [1, 2]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------ fast paths vs reference
+
+def test_loop_matches_the_plain_reference_loop(digits: tuple[DeviceSet, DeviceSet]) -> None:
+    """Same seed, same shuffles: our loop (device-resident data, foreach Adam, one host sync per epoch,
+    batched evaluation) trains exactly the weights and accuracy the plain loop of bench/ does."""
+    from bench.plain_loop import plain_mlp, plain_train
+
+    train, val = digits
+    torch.manual_seed(0)
+    plain = plain_mlp(64, [32], 10)
+    ours = StructuralMLP(64, [32], 10)
+    for source, target in zip([m for m in plain if isinstance(m, torch.nn.Linear)], ours.layers, strict=True):
+        target.load_state_dict(source.state_dict())
+    history = plain_train(plain, train.x, train.y, val.x, val.y, epochs=3, lr=3e-3, batch_size=64, seed=1)
+    result = fit(ours, train, val, FitSettings(epochs=3, lr=3e-3, batch_size=64, seed=1, keep_best=False),
+                 Hooks(), "baseline")
+    linears = [m for m in plain if isinstance(m, torch.nn.Linear)]
+    for source, target in zip(linears, ours.layers, strict=True):
+        assert torch.allclose(source.weight, target.weight, atol=1e-5)
+    assert result.history[-1]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+
+
+def test_linear_schedule_is_a_function_of_the_step() -> None:
+    settings = FitSettings(epochs=5, lr=1.0, batch_size=8, schedule="linear", first_step=1)
+    assert [settings.lr_at(s) for s in range(2, 6)] == [1.0, 0.75, 0.5, 0.25]
+    assert FitSettings(epochs=5, lr=0.1, batch_size=8).lr_at(4) == 0.1
+
+
+def test_bf16_autocast_keeps_predictions(digits: tuple[DeviceSet, DeviceSet]) -> None:
+    """The reduced-precision forward (GPU default, CPU option) trains to the same predictions within
+    tolerance; weights and evaluation stay fp32."""
+    train, val = digits
+    models = []
+    for autocast in (None, torch.bfloat16):
+        model = new_model()
+        fit(model, train, val, FitSettings(epochs=4, lr=3e-3, batch_size=64, seed=1, autocast=autocast),
+            Hooks(), "baseline")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        models.append(model)
+    with torch.no_grad():
+        agree = (models[0](val.x).argmax(1) == models[1](val.x).argmax(1)).float().mean()
+    assert agree >= 0.95
