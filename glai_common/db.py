@@ -45,9 +45,9 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on error."""
-    session = get_sessionmaker()()
+def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One short unit of work: commit on success, roll back on error, always close."""
+    session = sessions()
     try:
         yield session
         session.commit()

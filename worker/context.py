@@ -6,15 +6,15 @@ forked, so no database connection or CUDA state crosses a fork.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from glai_common.db import make_engine
+from glai_common.db import make_engine, unit_of_work
 from glai_common.settings import Settings
 from glai_common.storage import LocalStorage
 
@@ -63,18 +63,9 @@ class WorkerContext:
                    storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
                    queue_depth=queue_depth or (lambda: None))
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self) -> AbstractContextManager[Session]:
         """One short unit of work: commit on success, roll back on error."""
-        session = self.sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        return unit_of_work(self.sessions)
 
     def dispose(self) -> None:
         self.engine.dispose()

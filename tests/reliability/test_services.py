@@ -20,7 +20,7 @@ from tests.worker.harness import insert_digits_job, job_state, tiny_config, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-LONG = tiny_config(structural={"max_epochs": 80, "threshold": 0.0, "batch_size": 64},
+LONG = tiny_config(structural={"max_epochs": 400, "threshold": 0.0, "batch_size": 64},
                    pruning={"enabled": False})
 SHORT = tiny_config(pruning={"enabled": False})
 
