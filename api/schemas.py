@@ -184,7 +184,8 @@ class StructuralIn(In):
 
     @model_validator(mode="after")
     def _order(self) -> StructuralIn:
-        if self.min_epochs > self.max_epochs:
+        # Only an explicit conflict is an error: the default floor simply yields to a small max_epochs.
+        if "min_epochs" in self.model_fields_set and self.min_epochs > self.max_epochs:
             raise ValueError("min_epochs must not exceed max_epochs")
         return self
 
@@ -192,8 +193,11 @@ class StructuralIn(In):
 class QuantitativeIn(In):
     """Phase 2: fit the path weights with the structure frozen."""
 
-    solver: Literal["adam", "ridge", "ridge+adam"] = Field(
-        _QUANT.solver, description="`ridge`: closed form; `adam`: gradient descent; `ridge+adam`: both.")
+    solver: Literal["auto", "adam", "ridge", "ridge+adam"] = Field(
+        _QUANT.solver,
+        description="`auto`: a cost model picks the closed form (then Adam) when it is cheaper than a few "
+                    "Adam epochs, else Adam; `ridge`: closed form; `adam`: gradient descent from the warm "
+                    "start; `ridge+adam`: both.")
     warm_start: bool = Field(_QUANT.warm_start, description="Start from the structural MLP's function.")
     epochs: int = Field(_QUANT.epochs, ge=0, description="Adam epochs (0: none).")
     lr: float = Field(_QUANT.lr, gt=0, le=10, description="Adam learning rate.")

@@ -68,7 +68,8 @@ def estimate_memory(config: dict[str, Any], match: ParameterMatch, n_features: i
                  "dataset_id": data}
     if quantitative["solver"] != "ridge" and quantitative["epochs"] > 0:
         parts["quantitative"] = glai_adam
-    if "ridge" in quantitative["solver"]:
+    # "auto" may pick the exact closed form, but only one that fits max_normal_matrix_bytes: count it.
+    if "ridge" in quantitative["solver"] or quantitative["solver"] == "auto":
         normal = F64 * (dim + 1) ** 2
         if normal > quantitative.get("max_normal_matrix_bytes", 2 * 1024**3):
             normal = 4 * F64 * (dim + 1) * m  # conjugate gradients keep a few vectors only
