@@ -25,7 +25,7 @@ def job_out(job: Job) -> JobOut:
     brief = job_brief(job).model_dump()
     return JobOut(
         **brief,
-        spec=job.spec or {}, summary=job.summary or {},
+        spec=job.spec or {},
         transitions=[TransitionOut.model_validate(t) for t in job.transitions],
         artifacts=[ArtifactOut(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, meta=a.meta or {},
                                created_at=a.created_at, url=f"{base}/artifacts/{a.name}")

@@ -314,6 +314,7 @@ class JobBrief(Out):
     started_at: datetime | None = Field(description="First start (UTC).")
     finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
     updated_at: datetime = Field(description="Last change (UTC).")
+    summary: dict[str, Any] = Field(description="Results once known: accuracies, timings, parameter counts.")
 
 
 class JobOut(JobBrief):
@@ -321,7 +322,6 @@ class JobOut(JobBrief):
 
     spec: dict[str, Any] = Field(description="The validated request: `config` (glai_core TrainConfig), "
                                  "`backbone`, `validation_fraction`.")
-    summary: dict[str, Any] = Field(description="Results once known: accuracies, timings, parameter counts.")
     transitions: list[TransitionOut] = Field(description="Every state and phase change, oldest first.")
     artifacts: list[ArtifactOut] = Field(description="Exported models.")
     links: JobLinks = Field(description="Related endpoints, relative to the API root.")

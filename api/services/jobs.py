@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import JobCreate
@@ -148,8 +148,6 @@ def list_owned(db: Session, owner: str, *, state: str | None, created_after: dat
         query = query.where(Job.created_at > as_utc(created_after))
     if created_before is not None:
         query = query.where(Job.created_at < as_utc(created_before))
-    # The listing shows each job's transitions and artifacts: load them in two queries, not two per job.
-    query = query.options(selectinload(Job.transitions), selectinload(Job.artifacts))
     rows = db.scalars(page(query, Job, cursor, limit)).all()
     return split_page(list(rows), limit)
 
