@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         "grads, Adam moments, a batch of activations, the ridge normal matrix, the dataset); the smallest "
         "worker device's memory minus headroom.")
 
+    device_memory_budget_bytes: int | None = Field(
+        default=None, description="Training data (features + labels of both splits) kept on the GPU only "
+        "up to this many bytes; above it batches are gathered from pinned host memory. Default: half the "
+        "GPU's memory. On CPU, setting it streams batches from the memory-mapped canonical file instead "
+        "of holding a standardised copy in RAM. A job's own config value wins.")
+
     db_pool_size: int = Field(default=10, description="Connections kept open per process (PostgreSQL).")
     db_max_overflow: int = Field(default=30, description="Extra connections under load, per process.")
     db_pool_timeout_s: float = Field(

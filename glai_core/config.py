@@ -120,6 +120,9 @@ class TrainConfig:
     # "bf16" forces autocast, "fp32" disables both. Evaluation and closed-form solves stay fp32/fp64.
     precision: str = "auto"
     validation_fraction: float = 0.2  # held out (stratified, seeded) when the data has no validation split
+    # Bytes the training data (both splits) may take on the device; above it batches are gathered from
+    # host memory per step (glai_core.streaming). None: half the GPU's memory on CUDA, unlimited on CPU.
+    device_memory_budget_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,4 +139,5 @@ class TrainConfig:
             device=data.get("device", "auto"),
             precision=data.get("precision", "auto"),
             validation_fraction=data.get("validation_fraction", 0.2),
+            device_memory_budget_bytes=data.get("device_memory_budget_bytes"),
         )

@@ -31,8 +31,8 @@ import numpy as np
 from glai_core.preprocess import Standardizer
 
 __all__ = [
-    "BUILTIN_NAMES", "DataError", "LoadedData", "Standardizer", "builtin", "load_canonical", "load_file",
-    "read_idx", "save_canonical", "train_val_split",
+    "BUILTIN_NAMES", "DataError", "LoadedData", "Standardizer", "builtin", "canonicalize_file",
+    "load_canonical", "load_file", "read_idx", "save_canonical", "split_indices", "train_val_split",
 ]
 
 FILE_FORMATS = ("npz", "csv", "parquet")
@@ -80,22 +80,28 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def _check_features(x: np.ndarray, name: str) -> np.ndarray:
-    """Numeric, at least one feature; >2-D inputs (images) are flattened per sample."""
-    if x.dtype.hasobject:
+def _check_feature_header(shape: tuple[int, ...], dtype: np.dtype, name: str) -> tuple[int, int]:
+    """Numeric, at least one feature; >2-D inputs (images) count as (samples, flattened features).
+
+    Works from shape and dtype alone, so a streamed array is checked before any of it is read."""
+    if dtype.hasobject:
         raise DataError(f"{name} holds Python objects, not numbers", name)
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{name} must be numeric, got dtype {x.dtype} (strings or dates are not features)",
+    if dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, got dtype {dtype} (strings or dates are not features)",
                         name)
-    if x.ndim < 2:
-        raise DataError(f"{name} must be 2-D (samples x features), got shape {x.shape}", name)
-    if x.ndim > 2:
-        x = x.reshape(x.shape[0], -1)
-    if x.shape[0] == 0:
+    if len(shape) < 2:
+        raise DataError(f"{name} must be 2-D (samples x features), got shape {shape}", name)
+    rows, cols = int(shape[0]), math.prod(shape[1:])
+    if rows == 0:
         raise DataError(f"{name} has no samples (0 rows)", name)
-    if x.shape[1] == 0:
+    if cols == 0:
         raise DataError(f"{name} has no features (0 columns): at least one feature is needed", name)
-    return x
+    return rows, cols
+
+
+def _check_features(x: np.ndarray, name: str) -> np.ndarray:
+    _check_feature_header(x.shape, x.dtype, name)
+    return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
 
 
 def _to_float32(x: np.ndarray) -> np.ndarray:
@@ -112,24 +118,43 @@ def _size(count: int) -> str:
     return f"{count} bytes"
 
 
-def _check_finite(x: np.ndarray, name: str, locate: Callable[[int, int], str]) -> None:
-    """Count NaN and +-Inf (float32 overflow included) in row chunks and point at the first one."""
-    nan_count = inf_count = 0
-    first: tuple[int, int] | None = None
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        block = x[start:start + _CHUNK_ROWS]
+class _FiniteScan:
+    """NaN and +-Inf counts over row blocks (fed in order) and the first offending (row, column)."""
+
+    def __init__(self) -> None:
+        self.nan_count = self.inf_count = 0
+        self.first: tuple[int, int] | None = None
+
+    def update(self, block: np.ndarray, start: int) -> None:
         nan_mask, inf_mask = np.isnan(block), np.isinf(block)
-        nan_count += int(nan_mask.sum())
-        inf_count += int(inf_mask.sum())
-        if first is None and (nan_count or inf_count):
+        self.nan_count += int(nan_mask.sum())
+        self.inf_count += int(inf_mask.sum())
+        if self.first is None and (self.nan_count or self.inf_count):
             rows, cols = np.nonzero(nan_mask | inf_mask)
-            first = (start + int(rows[0]), int(cols[0]))
-    if first is None:
-        return
-    parts = [_plural(n, word) for n, word in ((nan_count, "NaN value"), (inf_count, "infinite value")) if n]
-    remark = " (values beyond the float32 range count as infinite)" if inf_count else ""
-    raise DataError(f"{name} has {' and '.join(parts)}{remark}; first at {locate(*first)}. Remove or impute "
-                    "them before uploading.", name)
+            self.first = (start + int(rows[0]), int(cols[0]))
+
+    def check(self, name: str, locate: Callable[[int, int], str]) -> None:
+        if self.first is None:
+            return
+        parts = [_plural(n, word) for n, word in ((self.nan_count, "NaN value"),
+                                                 (self.inf_count, "infinite value")) if n]
+        remark = " (values beyond the float32 range count as infinite)" if self.inf_count else ""
+        raise DataError(f"{name} has {' and '.join(parts)}{remark}; first at {locate(*self.first)}. "
+                        "Remove or impute them before uploading.", name)
+
+
+def _check_finite(x: np.ndarray, name: str, locate: Callable[[int, int], str]) -> None:
+    """Count NaN and +-Inf (float32 overflow included) in row blocks and point at the first one.
+
+    A memory-mapped array is read with pread (``streaming.RowReader``), not through the map, so the scan
+    does not leave the whole file resident in this process."""
+    from glai_core.streaming import RowReader
+
+    scan = _FiniteScan()
+    with RowReader(x) as reader:
+        for start, _, block in reader.blocks():
+            scan.update(block, start)
+    scan.check(name, locate)
 
 
 def _describe(name: str) -> str:
@@ -216,7 +241,7 @@ def _finalize(x: Any, y: Any, x_val: Any = None, y_val: Any = None, *, label: st
         missing = "y_val" if y_val is None else "X_val"
         raise DataError(f"validation data is incomplete: {missing} is missing (give both X_val and y_val "
                         "or neither)", missing)
-    x = _check_features(np.asarray(x), "X")
+    x = _check_features(np.asanyarray(x), "X")  # asany: a memory map stays one
     y = _label_array(y, label)
     if x.shape[0] != y.shape[0]:
         raise DataError(f"X has {x.shape[0]} rows but {_describe(label)} has {y.shape[0]} labels; they must "
@@ -224,7 +249,7 @@ def _finalize(x: Any, y: Any, x_val: Any = None, y_val: Any = None, *, label: st
     x = _to_float32(x)
     _check_finite(x, "X", locate or _index_locator("X"))
     if x_val is not None:
-        x_val = _check_features(np.asarray(x_val), "X_val")
+        x_val = _check_features(np.asanyarray(x_val), "X_val")
         y_val = _label_array(y_val, "y_val")
         if x_val.shape[1] != x.shape[1]:
             raise DataError(f"X_val has {x_val.shape[1]} features but X has {x.shape[1]}; training and "
@@ -292,14 +317,216 @@ def _check_npz(path: Path, max_bytes: int) -> list[str]:
     return keys
 
 
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+                    NotImplementedError)
+
+
+def _corrupted(exc: Exception) -> DataError:
+    return DataError(f"the npz file is corrupted and could not be read ({exc})", "file")
+
+
+@dataclass
+class _Member:
+    """An npz member's .npy header and where its data starts inside the member."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    header_bytes: int  # magic + header: the data starts this far into the member
+
+
+def _npy_infos(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    return {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+
+
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
+    with archive.open(info) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(handle, max_header_size=100_000)
+        return _Member(info, tuple(int(v) for v in shape), dtype, bool(fortran), handle.tell())
+
+
+def _stored_offset(path: Path, member: _Member) -> int | None:
+    """File offset of a member's array data when it can be memory-mapped in place: stored (not
+    deflated), unencrypted; None otherwise. The local header is read, not trusted from the directory."""
+    info = member.info
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise DataError("the npz file is corrupted (bad local header)", "file")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len + member.header_bytes
+
+
+def _verify_crc(path: Path, member: _Member) -> None:
+    """What zipfile would check on a full read, without reading through a memory map."""
+    info = member.info
+    start = _stored_offset(path, member)
+    assert start is not None
+    start -= member.header_bytes
+    crc, left = 0, info.file_size
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while left:
+            block = handle.read(min(left, 16 * 1024**2))
+            if not block:
+                raise DataError("the npz file is truncated", "file")
+            crc, left = zlib.crc32(block, crc), left - len(block)
+    if crc != info.CRC:
+        raise DataError(f"the npz file is corrupted: bad CRC-32 for {info.filename}", "file")
+
+
+def _npz_array(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One member: memory-mapped in place when stored uncompressed (no copy, CRC still checked), else
+    read through zipfile (deflated members have to be decompressed)."""
+    member = _member(archive, info)
+    offset = _stored_offset(path, member)
+    count = math.prod(member.shape)
+    if offset is not None and count > 0 and not member.dtype.hasobject:
+        _verify_crc(path, member)
+        return np.memmap(path, dtype=member.dtype, mode="r", offset=offset, shape=member.shape,
+                         order="F" if member.fortran else "C")
+    with archive.open(info) as handle:
+        return np.lib.format.read_array(handle, allow_pickle=False)
+
+
 def _load_npz(path: Path, max_bytes: int) -> LoadedData:
     keys = _check_npz(path, max_bytes)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in keys}
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        raise DataError(f"the npz file is corrupted and could not be read ({exc})", "file") from exc
+        with zipfile.ZipFile(path) as archive:
+            infos = _npy_infos(archive)
+            arrays = {key: _npz_array(path, archive, infos[key]) for key in keys}
+    except DataError:
+        raise
+    except _NPZ_READ_ERRORS as exc:
+        raise _corrupted(exc) from exc
     return _finalize(arrays["X"], arrays["y"], arrays.get("X_val"), arrays.get("y_val"))
+
+
+# ------------------------------------------------------------------------------ streamed canonical npz
+
+STREAM_BLOCK_BYTES = 32 * 1024**2  # host memory of one block when streaming an npz member to X.npy
+
+
+def _write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The header ``np.save`` writes for a C-ordered array of this shape and dtype (format 1.0)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(v) for v in shape)}
+    np.lib.format.write_array_header_1_0(handle, header)
+
+
+def _read_exact(source: Any, out: np.ndarray, name: str, piece: int = 1024**2) -> None:
+    """Fill ``out`` from a zip member in 1 MB reads: ``ZipExtFile.read(n)`` of a large n concatenates
+    bytes objects and peaks at several times n."""
+    view, done = memoryview(out), 0
+    while done < out.nbytes:
+        data = source.read(min(piece, out.nbytes - done))
+        if not data:
+            raise DataError(f"array {name!r} in the npz file is truncated", name)
+        view[done:done + len(data)] = data
+        done += len(data)
+
+
+def _stream_features(archive: zipfile.ZipFile, member: _Member, target: Path, name: str,
+                     locate: Callable[[int, int], str]) -> int:
+    """Decompress (or copy) a C-ordered features member to ``target`` as float32 .npy, block by block,
+    checking finiteness on the way; returns the row count. Host memory: one block."""
+    rows, cols = member.shape[0], math.prod(member.shape[1:])
+    row_bytes = cols * member.dtype.itemsize
+    block_rows = max(1, STREAM_BLOCK_BYTES // max(1, row_bytes))
+    scan = _FiniteScan()
+    buffer = np.empty(block_rows * row_bytes, dtype=np.uint8)
+    with archive.open(member.info) as source, open(target, "wb") as out:
+        source.read(member.header_bytes)
+        _write_npy_header(out, (rows, cols), np.dtype(np.float32))
+        for start in range(0, rows, block_rows):
+            count = min(block_rows, rows - start)
+            raw = buffer[:count * row_bytes]
+            _read_exact(source, raw, name)
+            block = raw.view(member.dtype).reshape(count, cols)
+            with np.errstate(over="ignore"):  # overflow becomes inf, which the scan reports
+                block = block.astype(np.float32, copy=False)
+            scan.update(block, start)
+            if scan.first is None:  # past the first bad value only the counts are still needed
+                block.tofile(out)
+        source.read(1)  # reaching the end makes zipfile check the member's CRC-32
+    scan.check(name, locate)
+    return rows
+
+
+def _canonicalize_npz(path: Path, directory: Path, max_bytes: int) -> LoadedData | None:
+    """The npz path of ``canonicalize_file``; None when a member cannot be streamed (Fortran order),
+    for the caller to take the in-memory path. Validation and messages are ``_finalize``'s, in its order."""
+    keys = _check_npz(path, max_bytes)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = _npy_infos(archive)
+            members = {key: _member(archive, infos[key]) for key in keys}
+            if any(members[key].fortran for key in ("X", "X_val") if key in members):
+                return None
+            labels = {key: _npz_array(path, archive, infos[key]) for key in ("y", "y_val") if key in members}
+            if ("X_val" in members) != ("y_val" in members):
+                missing = "y_val" if "y_val" not in members else "X_val"
+                raise DataError(f"validation data is incomplete: {missing} is missing (give both X_val and "
+                                "y_val or neither)", missing)
+            n, d = _check_feature_header(members["X"].shape, members["X"].dtype, "X")
+            y = _label_array(labels["y"], "y")
+            if n != y.shape[0]:
+                raise DataError(f"X has {n} rows but {_describe('y')} has {y.shape[0]} labels; they must "
+                                "match", "y")
+            _stream_features(archive, members["X"], directory / "X.npy", "X", _index_locator("X"))
+            y_val = None
+            n_val = 0
+            if "X_val" in members:
+                n_val, d_val = _check_feature_header(members["X_val"].shape, members["X_val"].dtype, "X_val")
+                y_val = _label_array(labels["y_val"], "y_val")
+                if d_val != d:
+                    raise DataError(f"X_val has {d_val} features but X has {d}; training and validation "
+                                    "must have the same width", "X_val")
+                if n_val != y_val.shape[0]:
+                    raise DataError(f"X_val has {n_val} rows but y_val has {y_val.shape[0]} labels", "y_val")
+                _stream_features(archive, members["X_val"], directory / "X_val.npy", "X_val",
+                                 _index_locator("X_val"))
+    except DataError:
+        raise
+    except _NPZ_READ_ERRORS as exc:
+        raise _corrupted(exc) from exc
+    codes, val_codes, names = _encode_labels(y, y_val, "y")
+    for key, values in (("y", codes), ("y_val", val_codes)):
+        if values is not None:
+            np.save(directory / f"{key}.npy", values, allow_pickle=False)
+    if val_codes is None:
+        for key in ("X_val", "y_val"):
+            (directory / f"{key}.npy").unlink(missing_ok=True)
+    _write_meta(directory, names, d, n, n_val, codes, val_codes)
+    return load_canonical(directory, mmap=True)
+
+
+def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory: str | os.PathLike[str],
+                      label_column: str | None = None, *,
+                      max_bytes: int = MAX_DECOMPRESSED_BYTES) -> LoadedData:
+    """``save_canonical(directory, load_file(path, ...))`` without holding the features in memory.
+
+    npz members are streamed (decompressed block by block) straight into ``X.npy``/``X_val.npy`` with
+    the same checks and messages as ``load_file``; the result is the canonical directory, memory-mapped.
+    csv/parquet tables are parsed in memory (pyarrow) as before. On a ``DataError`` the directory may
+    hold partial files: write into a staging directory.
+    """
+    path, directory = Path(path), Path(directory)
+    if file_format == "npz" and path.is_file() and path.stat().st_size > 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        streamed = _canonicalize_npz(path, directory, max_bytes)
+        if streamed is not None:
+            return streamed
+    data = load_file(path, file_format, label_column, max_bytes=max_bytes)
+    save_canonical(directory, data)
+    return data
 
 
 # --------------------------------------------------------------------------------------- csv/parquet
@@ -587,6 +814,35 @@ def _class_counts(y: np.ndarray | None, names: Sequence[str]) -> dict[str, int] 
     return {name: int(c) for name, c in zip(names, counts, strict=True)}
 
 
+def _save_rows(target: Path, array: Any, dtype: type) -> None:
+    """``np.save(target, np.ascontiguousarray(array, dtype))`` block by block: a dtype change or a
+    memory-mapped source never costs a second full copy (a map is read with pread, not through it)."""
+    from glai_core.streaming import RowReader
+
+    shape = tuple(int(v) for v in array.shape)
+    with open(target, "wb") as out:
+        _write_npy_header(out, shape, np.dtype(dtype))
+        if len(shape) == 1:
+            np.ascontiguousarray(array, dtype=dtype).tofile(out)
+            return
+        with RowReader(array) as reader:
+            for _, _, block in reader.blocks():
+                with np.errstate(over="ignore"):
+                    np.ascontiguousarray(block, dtype=dtype).tofile(out)
+
+
+def _write_meta(directory: Path, class_names: Sequence[str], n_features: int, n_train: int, n_val: int,
+                y: np.ndarray, y_val: np.ndarray | None) -> dict[str, Any]:
+    meta = {
+        "version": CANONICAL_VERSION, "class_names": list(class_names), "n_features": int(n_features),
+        "n_train": int(n_train), "n_val": int(n_val),
+        "class_counts": _class_counts(y, class_names),
+        "val_class_counts": _class_counts(y_val, class_names),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return meta
+
+
 def save_canonical(directory: str | os.PathLike[str], data: LoadedData) -> dict[str, Any]:
     """Write X.npy, y.npy (+ X_val.npy, y_val.npy) and meta.json; returns the meta dict."""
     directory = Path(directory)
@@ -598,15 +854,9 @@ def save_canonical(directory: str | os.PathLike[str], data: LoadedData) -> dict[
         if array is None:
             target.unlink(missing_ok=True)
             continue
-        np.save(target, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
-    meta = {
-        "version": CANONICAL_VERSION, "class_names": list(data.class_names), "n_features": data.n_features,
-        "n_train": int(data.x.shape[0]), "n_val": 0 if data.x_val is None else int(data.x_val.shape[0]),
-        "class_counts": _class_counts(data.y, data.class_names),
-        "val_class_counts": _class_counts(data.y_val, data.class_names),
-    }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return meta
+        _save_rows(target, array, dtype)
+    return _write_meta(directory, data.class_names, data.n_features, int(data.x.shape[0]),
+                       0 if data.x_val is None else int(data.x_val.shape[0]), data.y, data.y_val)
 
 
 def _load_npy(path: Path, mmap: bool, dtype: type, ndim: int) -> np.ndarray:
@@ -640,20 +890,17 @@ def load_canonical(directory: str | os.PathLike[str], mmap: bool = True) -> Load
 
 # ------------------------------------------------------------------------------------------- split
 
-def train_val_split(data: LoadedData, fraction: float, seed: int = 0) -> LoadedData:
-    """Hold out ``fraction`` of each class (seeded) as validation; data that has validation is returned as is.
+def split_indices(y: np.ndarray, n_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, validation) row indices of the stratified, seeded hold-out (see ``train_val_split``).
 
-    Each class with at least two samples gives round(fraction * count) samples, at least one, and keeps
-    at least one for training. Indices stay sorted so memory-mapped arrays are read sequentially.
+    Indices instead of copies, so a memory-mapped data set is split without reading its features.
     """
-    if data.x_val is not None:
-        return data
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be between 0 and 1, got {fraction}", "validation_fraction")
     rng = np.random.default_rng(seed)
-    y = np.asarray(data.y)
+    y = np.asarray(y)
     val_parts = []
-    for cls in range(len(data.class_names)):
+    for cls in range(n_classes):
         members = np.flatnonzero(y == cls)
         if members.shape[0] < 2:
             continue
@@ -665,7 +912,19 @@ def train_val_split(data: LoadedData, fraction: float, seed: int = 0) -> LoadedD
     val_index = np.sort(np.concatenate(val_parts))
     train_mask = np.ones(y.shape[0], dtype=bool)
     train_mask[val_index] = False
-    train_index = np.flatnonzero(train_mask)
+    return np.flatnonzero(train_mask), val_index
+
+
+def train_val_split(data: LoadedData, fraction: float, seed: int = 0) -> LoadedData:
+    """Hold out ``fraction`` of each class (seeded) as validation; data that has validation is returned as is.
+
+    Each class with at least two samples gives round(fraction * count) samples, at least one, and keeps
+    at least one for training. Indices stay sorted so memory-mapped arrays are read sequentially.
+    """
+    if data.x_val is not None:
+        return data
+    y = np.asarray(data.y)
+    train_index, val_index = split_indices(y, len(data.class_names), fraction, seed)
     return LoadedData(x=np.asarray(data.x[train_index]), y=y[train_index],
                       x_val=np.asarray(data.x[val_index]), y_val=y[val_index],
                       class_names=list(data.class_names))

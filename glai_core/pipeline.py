@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from glai_core.checkpoint import PhaseState, load_checkpoint, phase_path
 from glai_core.config import BaselineConfig, PruningConfig, StructuralConfig, TrainConfig
-from glai_core.data import LoadedData, train_val_split
+from glai_core.data import LoadedData
 from glai_core.hooks import Cancelled, Hooks
 from glai_core.metrics import GateCache, evaluate, structural_distances
 from glai_core.model import GLAIBlock, ParameterMatch, StructuralMLP, match_parameters
 from glai_core.preprocess import Standardizer
 from glai_core.prune import PruneResult, pruning_sweep
 from glai_core.solvers import quantitative_phase
+from glai_core.streaming import place
 from glai_core.train import Best, DeviceSet, FitResult, FitSettings, emit, evaluate_point, fit
 
 TARGET_MARGIN = 0.005
@@ -75,20 +75,17 @@ def _n_classes(data: LoadedData) -> int:
     return max(len(data.class_names), max(labels) + 1)
 
 
-def _device_set(x: np.ndarray, y: np.ndarray, standardizer: Standardizer, device: torch.device) -> DeviceSet:
-    features = standardizer.apply(torch.as_tensor(np.asarray(x, dtype=np.float32)))
-    return DeviceSet(features.to(device), torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device))
-
-
 def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> PipelineResult:
     """Train GLAI (and the baseline) on ``data``; deterministic on CPU for a fixed ``config.seed``."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data = train_val_split(data, config.validation_fraction, config.seed)
-    standardizer = Standardizer.fit(data.x)
-    train = _device_set(data.x, data.y, standardizer, device)
-    assert data.x_val is not None and data.y_val is not None
-    val = _device_set(data.x_val, data.y_val, standardizer, device)
+    # Split by index, fit the standardiser and place both splits block by block (glai_core.streaming):
+    # no split copies, no standardised copy beside the memory map; on a GPU the data stays on the device
+    # up to the budget, else batches are gathered from pinned host memory.
+    placed = place(data.x, data.y, data.x_val, data.y_val, n_classes=len(data.class_names),
+                   validation_fraction=config.validation_fraction, seed=config.seed, device=device,
+                   budget_bytes=config.device_memory_budget_bytes)
+    train, val, standardizer = placed.train, placed.val, placed.standardizer
     d, m = train.x.shape[1], _n_classes(data)
     arch = config.architecture
     match = match_parameters(d, arch.hidden, m, arch.reduction_factor)

@@ -109,6 +109,8 @@ def _train_and_export(ctx: WorkerContext, claimed: Claimed, hooks: DatabaseHooks
     device = _device()
     if config.device == "auto":
         config.device = device
+    if config.device_memory_budget_bytes is None:  # the operator's budget unless the job set its own
+        config.device_memory_budget_bytes = ctx.settings.device_memory_budget_bytes
     hooks.reporter.log(f"device {config.device}")
     loaded = load_training_data(ctx, claimed.dataset, claimed.spec.get("backbone"), hooks, device)
     result = run_pipeline(loaded.data, config, hooks)

@@ -79,15 +79,16 @@ def _plain(value: object) -> object:
 
 
 def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
+    """Validate and write the canonical arrays in one pass: an npz upload is streamed member by member
+    into staging/X.npy (host memory: one block, not the data set); tables are parsed in memory."""
     from glai_core import data as gdata
 
     try:
-        loaded = gdata.load_file(path, spec.file_format, label_column=spec.label_column)
+        loaded = gdata.canonicalize_file(path, spec.file_format, staging, label_column=spec.label_column)
     except gdata.DataError as exc:
         raise _data_error(exc) from exc
     except Exception as exc:  # a parser's own error on a malformed file is still the upload's fault
         raise ApiError(422, f"could not read the file as {spec.file_format}: {exc}", "file") from exc
-    gdata.save_canonical(staging, loaded)
     return _describe(loaded)
 
 
@@ -188,13 +189,32 @@ def resolve_format(kind: str, filename: str | None, declared: str | None) -> str
     return allowed[suffix]
 
 
+def _put(storage: LocalStorage, key: str, item: Path) -> None:
+    """``storage.put_file``, but a hard link when staging and storage share a file system: a multi-GB
+    X.npy is not copied a second time. Still atomic: link to ``.partial``, then rename."""
+    local = getattr(storage, "local_path", None)
+    if local is not None:
+        target = local(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".partial")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(item, tmp)
+        except OSError:
+            pass
+        else:
+            tmp.replace(target)
+            return
+    storage.put_file(key, item)
+
+
 def _store(db: Session, storage: LocalStorage, staging: Path, row: Dataset) -> Dataset:
-    """Copy staged files under the row's key (datasets/<id>), then commit the row; undo the files if
+    """Move staged files under the row's key (datasets/<id>), then commit the row; undo the files if
     that fails."""
     try:
         for item in sorted(staging.iterdir()):
             if item.is_file():
-                storage.put_file(f"{row.storage_key}/{item.name}", item)
+                _put(storage, f"{row.storage_key}/{item.name}", item)
         db.add(row)
         db.commit()
     except BaseException:
