@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,7 @@ from glai_core.metrics import (
 )
 from glai_core.model import GLAIBlock, StructuralMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 def random_gates(n: int, widths: list[int], p: float, seed: int) -> list[torch.Tensor]:

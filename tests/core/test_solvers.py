@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,14 +29,7 @@ from glai_core.solvers import (
 )
 from glai_core.train import DeviceSet, FitSettings, fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 def toy_problem(hidden: list[int], n: int = 300, d: int = 5, m: int = 3, seed: int = 0) -> tuple[GLAIBlock,
