@@ -16,13 +16,7 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -32,8 +26,8 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("GLAI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from bench.service_stack import Stack, start_stack
+
 # A few seconds of training per job on two shared cores, so jobs run while the load runs.
 JOB_CONFIG: dict[str, Any] = {
     "architecture": {"hidden": [16]},
@@ -44,47 +38,6 @@ JOB_CONFIG: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
-@dataclass
-class Service:
-    """The stack the benchmark brought up (and tears down)."""
-
-    url: str
-    key: str
-    job_ids: list[str]
-    database_url: str
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    cleanup: list[Any] = field(default_factory=list)
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-        for action in reversed(self.cleanup):
-            action()
 
 
 def _insert_jobs(database_url: str, storage_dir: Path, owner: str, n_jobs: int, n_finished: int) -> list[str]:
@@ -144,76 +97,25 @@ def limited_app() -> Any:
     return wrapped
 
 
-def start_service(n_jobs: int, n_finished: int, api_workers: int, thread_limit: int | None = None) -> Service:
-    from sqlalchemy import create_engine, text
+def start_service(n_jobs: int, n_finished: int, api_workers: int,
+                  thread_limit: int | None = None) -> tuple[Stack, list[str]]:
+    """The stack with a realistic job list; ``n_jobs`` of them are sent to the worker."""
+    from glai_common.queue import QUEUE, TASK_RUN_JOB, make_celery
+    from glai_common.settings import Settings
 
-    from api.services.api_keys import create_key
-    from glai_common.migrate import upgrade
-
-    tmp = Path(tempfile.mkdtemp(prefix="glai-bench-"))
-    name = f"glai_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        for log in ("api.log", "worker.log"):  # kept for a look after the run
-            if (tmp / log).exists():
-                shutil.copy(tmp / log, Path(tempfile.gettempdir()) / f"glai-bench-{log}")
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    service = Service("", "", [], database_url, cleanup=[drop])
+    stack = start_stack({"OMP_NUM_THREADS": "1", "GLAI_BENCH_THREADS": str(thread_limit or 0)},
+                        keep_logs="glai-bench", api_workers=api_workers,
+                        api_app="bench.load:limited_app" if thread_limit else "api.main:create_app")
     try:
-        upgrade(database_url)
-        redis_port = free_port()
-        service.procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_port(redis_port, 10)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GLAI_")}
-        env.update({"GLAI_DATABASE_URL": database_url, "GLAI_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-                    "GLAI_DATA_DIR": str(tmp), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                    "GLAI_BENCH_THREADS": str(thread_limit or 0)})
-        from sqlalchemy.orm import Session
-
-        from glai_common.db import make_engine
-        from glai_common.queue import QUEUE, TASK_RUN_JOB, make_celery
-        from glai_common.settings import Settings
-
-        settings = Settings(database_url=database_url, broker_url=env["GLAI_BROKER_URL"], data_dir=tmp)
-        engine = make_engine(database_url, settings)
-        with Session(engine) as session:
-            issued = create_key(session, "bench")
-        engine.dispose()
-        ids = _insert_jobs(database_url, tmp / "storage", "bench", n_jobs, n_finished)
-        api_port = free_port()
-        service.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn",
-             "bench.load:limited_app" if thread_limit else "api.main:create_app", "--factory",
-             "--host", "127.0.0.1",
-             "--port", str(api_port), "--workers", str(api_workers), "--log-level", "warning",
-             "--no-access-log"],
-            cwd=REPO, env=env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True))
-        service.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-             "-Q", "glai", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True))
-        wait_port(api_port, 60)
+        ids = _insert_jobs(stack.database_url, stack.data_dir / "storage", "bench", n_jobs, n_finished)
+        settings = Settings(database_url=stack.database_url, broker_url=stack.broker_url,
+                            data_dir=stack.data_dir)
         broker = make_celery("glai-bench", settings)  # explicit settings: never the cached global ones
         for job_id in ids[:n_jobs]:
             broker.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
-        service.url, service.key, service.job_ids = f"http://127.0.0.1:{api_port}", issued.key, ids
-        return service
+        return stack, ids
     except BaseException:
-        service.close()
+        stack.close()
         raise
 
 
@@ -313,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args(argv)
 
-    service: Service | None = None
+    service: Stack | None = None
     if args.url:
         if not args.key or not args.job_ids:
             parser.error("--url needs --key and --job-ids")
         base, key, job_ids = args.url, args.key, args.job_ids
     else:
-        service = start_service(args.jobs, args.finished, args.api_workers, args.thread_limit)
-        base, key, job_ids = service.url, service.key, service.job_ids
+        service, job_ids = start_service(args.jobs, args.finished, args.api_workers, args.thread_limit)
+        base, key = service.url, service.key
     try:
         before = job_states(service.database_url, job_ids) if service else {}
         stats, elapsed = asyncio.run(run_load(base, key, job_ids, args.clients, args.duration,

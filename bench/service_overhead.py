@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.load import REPO
-from bench.service_stack import Stack, start_stack, transitions, wait_job, wait_worker_ready
+from bench.service_stack import REPO, Stack, start_stack, transitions, wait_job, wait_worker_ready
 from glai_core.hooks import Hooks
 
 TINY_JOB: dict[str, Any] = {

@@ -1,10 +1,8 @@
-"""The real service on loopback for the scale and overhead benchmarks (not a test).
+"""The real service on loopback for the benchmarks (not a test): load, scale and overhead.
 
-Like ``bench.load.start_service``: a fresh PostgreSQL database (dropped at the end), a private
-``redis-server``, the API under uvicorn (one process) and one Celery worker (``--pool solo``: the job
-runs in the worker's main process, so its /proc status is the job's memory). Differences: extra
-``GLAI_*`` settings can be passed (upload limit, device budget), torch keeps its default thread count
-(the benchmarks compare against the library run in-process with the same threads), and the pids are
+A fresh PostgreSQL database (dropped at the end), a private ``redis-server``, the API under uvicorn and
+one Celery worker (``--pool solo``: the job runs in the worker's main process, so its /proc status is the
+job's memory). Extra environment (``GLAI_*`` settings, thread counts) can be passed, and the pids are
 exposed so a benchmark can read each process's peak RSS (VmHWM).
 """
 
@@ -13,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,25 @@ from typing import Any
 
 import httpx
 
-from bench.load import PG_ADMIN, REPO, free_port, wait_port
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("GLAI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 @dataclass
@@ -33,6 +50,7 @@ class Stack:
     url: str
     key: str
     database_url: str
+    broker_url: str
     data_dir: Path
     api: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
@@ -56,7 +74,8 @@ class Stack:
             action()
 
 
-def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-stack") -> Stack:
+def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-stack",
+                api_app: str = "api.main:create_app", api_workers: int = 1) -> Stack:
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
@@ -108,8 +127,9 @@ def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-
         engine.dispose()
         api_port = free_port()
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(api_port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
+            [sys.executable, "-m", "uvicorn", api_app, "--factory", "--host", "127.0.0.1",
+             "--port", str(api_port), "--workers", str(api_workers), "--log-level", "warning",
+             "--no-access-log"],
             cwd=REPO, env=env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True)
         procs.append(api)
@@ -124,7 +144,8 @@ def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-
     except BaseException:
         stop_all()
         raise
-    return Stack(f"http://127.0.0.1:{api_port}", issued.key, database_url, tmp, api, worker, procs, [drop])
+    return Stack(f"http://127.0.0.1:{api_port}", issued.key, database_url, env["GLAI_BROKER_URL"], tmp, api,
+                 worker, procs, [drop])
 
 
 def wait_worker_ready(stack: Stack, timeout: float = 60.0) -> None:
