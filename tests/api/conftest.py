@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from api.deps import Services
 from api.main import create_app
@@ -25,7 +24,7 @@ from api.services import api_keys
 from glai_common.migrate import upgrade
 from glai_common.settings import Settings
 from tests.api.helpers import Api
-from tests.conftest import POSTGRES_ADMIN_URL, require_service
+from tests.conftest import fresh_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -38,19 +37,9 @@ def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """One migrated PostgreSQL database for the API suite (like ``postgres_url``, but session-wide)."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"glai_api_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database("glai_api") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -7,11 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from glai_core.config import QuantitativeConfig
-from glai_core.data import builtin, train_val_split
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.metrics import GateCache, evaluate
 from glai_core.model import GLAIBlock, StructuralMLP
-from glai_core.preprocess import Standardizer
 from glai_core.solvers import (
     SubspaceCorrection,
     cg_solve,
@@ -39,15 +37,6 @@ def toy_problem(hidden: list[int], n: int = 300, d: int = 5, m: int = 3, seed: i
     x = torch.randn(n, d)
     y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).long() + (x[:, 3] > 1).long()
     return GLAIBlock.from_structure(structure), DeviceSet(x, y, GateCache.build(structure, x))
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[DeviceSet, DeviceSet]:
-    data = train_val_split(builtin("digits"), 0.2, 0)
-    scaler = Standardizer.fit(data.x)
-    assert data.x_val is not None and data.y_val is not None
-    return (DeviceSet(scaler.apply(torch.as_tensor(data.x)), torch.as_tensor(data.y)),
-            DeviceSet(scaler.apply(torch.as_tensor(data.x_val)), torch.as_tensor(data.y_val)))
 
 
 @pytest.mark.parametrize("hidden", [[6], [4, 3], [3, 2, 2]])
@@ -118,10 +107,10 @@ def trained_structure(train: DeviceSet, val: DeviceSet, epochs: int) -> Structur
 
 
 @pytest.mark.parametrize("solver,lr", [("adam", 100.0), ("ridge", 1e-4), ("ridge+adam", 100.0)])
-def test_phase_never_ends_below_warm_start(digits: tuple[DeviceSet, DeviceSet], solver: str,
+def test_phase_never_ends_below_warm_start(digits_sets: tuple[DeviceSet, DeviceSet], solver: str,
                                            lr: float) -> None:
     """A destructive learning rate (100) must not cost accuracy: the best point, warm start included, wins."""
-    train, val = digits
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=8)
     block = GLAIBlock.from_structure(structure)
     hooks = RecordingHooks()
@@ -138,9 +127,9 @@ def test_phase_never_ends_below_warm_start(digits: tuple[DeviceSet, DeviceSet], 
         assert min(e.metrics["val_accuracy"] for e in hooks.events[1:]) < final
 
 
-def test_ridge_beats_the_early_structure_on_digits(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_ridge_beats_the_early_structure_on_digits(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """With S after 3 epochs (~50-60% accurate) the closed form reaches >= 0.95 on digits in one solve."""
-    train, val = digits
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=3)
     block = GLAIBlock.from_structure(structure)
     warm = evaluate(block, val.x, val.y)[1]
@@ -210,9 +199,9 @@ def test_auto_solver_follows_the_cost_model() -> None:
 
 
 @pytest.mark.parametrize("solver", ["auto", "adam"])
-def test_auto_and_adam_phases_keep_the_warm_start_and_resume(digits: tuple[DeviceSet, DeviceSet], solver: str,
-                                                            tmp_path) -> None:  # noqa: ANN001
-    train, val = digits
+def test_auto_and_adam_phases_keep_the_warm_start_and_resume(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                            solver: str, tmp_path) -> None:  # noqa: ANN001
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=3)
     cfg = QuantitativeConfig(solver=solver, epochs=3, batch_size=256)  # type: ignore[arg-type]
     reference = GLAIBlock.from_structure(structure)
@@ -231,10 +220,10 @@ def test_auto_and_adam_phases_keep_the_warm_start_and_resume(digits: tuple[Devic
     assert torch.equal(resumed.theta, reference.theta)
 
 
-def test_cached_gates_train_like_recomputed_gates(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_cached_gates_train_like_recomputed_gates(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """Phase 2 with the dense cache, the bit-packed cache and gates recomputed by S in every step (the
     plain loop's way) ends at the same weights."""
-    train, val = digits
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=2)
     settings = FitSettings(epochs=2, lr=3e-4, batch_size=128, seed=3, schedule="linear")
     thetas = []
@@ -251,9 +240,9 @@ def test_cached_gates_train_like_recomputed_gates(digits: tuple[DeviceSet, Devic
     assert torch.allclose(thetas[0], thetas[1], atol=1e-6) and torch.allclose(thetas[0], thetas[2], atol=1e-6)
 
 
-def test_subspace_correction_folds_into_the_same_function(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_subspace_correction_folds_into_the_same_function(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """The input-subspace phase-2 model and the block it folds into give the same predictions."""
-    train, val = digits
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=2)
     block = GLAIBlock.from_structure(structure)
     data = train.with_gates(structure)
@@ -269,8 +258,8 @@ def test_subspace_correction_folds_into_the_same_function(digits: tuple[DeviceSe
     assert torch.allclose(block(train.x), expected, atol=1e-4)
 
 
-def test_subspace_phase_keeps_the_warm_start(digits: tuple[DeviceSet, DeviceSet], tmp_path) -> None:  # noqa: ANN001
-    train, val = digits
+def test_subspace_phase_keeps_the_warm_start(digits_sets: tuple[DeviceSet, DeviceSet], tmp_path) -> None:  # noqa: ANN001
+    train, val = digits_sets
     structure = trained_structure(train, val, epochs=3)
     cfg = QuantitativeConfig(solver="adam", epochs=2, batch_size=256, input_rank=16)
     block = GLAIBlock.from_structure(structure)

@@ -10,22 +10,11 @@ import torch
 from safetensors import safe_open
 
 from glai_core.checkpoint import META_KEY, load_checkpoint
-from glai_core.data import builtin, train_val_split
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.model import StructuralMLP
-from glai_core.preprocess import Standardizer
 from glai_core.train import DeviceSet, FitSettings, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[DeviceSet, DeviceSet]:
-    data = train_val_split(builtin("digits"), 0.2, 0)
-    scaler = Standardizer.fit(data.x)
-    assert data.x_val is not None and data.y_val is not None
-    return (DeviceSet(scaler.apply(torch.as_tensor(data.x)), torch.as_tensor(data.y)),
-            DeviceSet(scaler.apply(torch.as_tensor(data.x_val)), torch.as_tensor(data.y_val)))
 
 
 def new_model(seed: int = 0) -> StructuralMLP:
@@ -36,9 +25,9 @@ def new_model(seed: int = 0) -> StructuralMLP:
 SETTINGS = FitSettings(epochs=6, lr=3e-3, batch_size=64, seed=1)
 
 
-def test_fit_learns_digits(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_fit_learns_digits(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     hooks = RecordingHooks()
-    result = fit(new_model(), *digits, SETTINGS, hooks, "baseline")
+    result = fit(new_model(), *digits_sets, SETTINGS, hooks, "baseline")
     assert result.best_accuracy >= 0.9
     assert [e.step for e in hooks.events] == list(range(1, 7))
     assert hooks.phases == ["baseline"]
@@ -50,22 +39,22 @@ def test_fit_learns_digits(digits: tuple[DeviceSet, DeviceSet]) -> None:
     assert walls == sorted(walls)
 
 
-def test_patience_stops_and_restores_best(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_patience_stops_and_restores_best(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """lr = 0 never improves: stop after `patience` epochs, with the first epoch's weights."""
     model = new_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = FitSettings(epochs=20, lr=0.0, batch_size=256, patience=2, seed=1)
-    result = fit(model, *digits, settings, Hooks(), "baseline")
+    result = fit(model, *digits_sets, settings, Hooks(), "baseline")
     assert result.stopped_by == "patience"
     assert len(result.history) == 3 and result.best_step == 1
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
 
 
-def test_same_seed_same_weights(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_same_seed_same_weights(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     first, second = new_model(), new_model()
-    fit(first, *digits, SETTINGS, Hooks(), "baseline")
-    fit(second, *digits, SETTINGS, Hooks(), "baseline")
+    fit(first, *digits_sets, SETTINGS, Hooks(), "baseline")
+    fit(second, *digits_sets, SETTINGS, Hooks(), "baseline")
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -85,22 +74,22 @@ class StopAfterPolls(Hooks):
         return self.calls >= self.polls
 
 
-def test_cancel_and_resume_continue_exactly(digits: tuple[DeviceSet, DeviceSet], tmp_path: Path) -> None:
+def test_cancel_and_resume_continue_exactly(digits_sets: tuple[DeviceSet, DeviceSet], tmp_path: Path) -> None:
     """Cancel after epoch 2, resume, finish: same weights as an uninterrupted run, steps continue at 3."""
     path = tmp_path / "baseline.safetensors"
     reference = new_model()
-    fit(reference, *digits, SETTINGS, Hooks(), "baseline")
+    fit(reference, *digits_sets, SETTINGS, Hooks(), "baseline")
 
     hooks = RecordingHooks(checkpoint_dir=tmp_path, stop_after=2)
     with pytest.raises(Cancelled):
-        fit(new_model(), *digits, SETTINGS, hooks, "baseline", checkpoint=path)
+        fit(new_model(), *digits_sets, SETTINGS, hooks, "baseline", checkpoint=path)
     saved = load_checkpoint(path)
     assert saved is not None and saved.state.step == 2 and not saved.state.finished
     assert any(k.startswith("optim.") for k in saved.tensors) and "rng" in saved.tensors
 
     resumed_hooks = RecordingHooks(checkpoint_dir=tmp_path)
     model = new_model(seed=123)  # different init: everything must come from the checkpoint
-    result = fit(model, *digits, SETTINGS, resumed_hooks, "baseline", checkpoint=path)
+    result = fit(model, *digits_sets, SETTINGS, resumed_hooks, "baseline", checkpoint=path)
     steps = [e.step for e in hooks.events + resumed_hooks.events]
     assert steps == list(range(1, 7))
     assert result.resumed and [h["step"] for h in result.history] == list(range(1, 7))
@@ -111,30 +100,30 @@ def test_cancel_and_resume_continue_exactly(digits: tuple[DeviceSet, DeviceSet],
     finished = load_checkpoint(path)
     assert finished is not None and finished.state.finished
     again_hooks = RecordingHooks(checkpoint_dir=tmp_path)
-    again = fit(new_model(seed=5), *digits, SETTINGS, again_hooks, "baseline", checkpoint=path)
+    again = fit(new_model(seed=5), *digits_sets, SETTINGS, again_hooks, "baseline", checkpoint=path)
     assert again.skipped and again_hooks.events == [] and again_hooks.phases == []
     for a, b in zip(again.model.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
-def test_mid_epoch_cancel_repeats_only_that_epoch(digits: tuple[DeviceSet, DeviceSet],
+def test_mid_epoch_cancel_repeats_only_that_epoch(digits_sets: tuple[DeviceSet, DeviceSet],
                                                   tmp_path: Path) -> None:
     path = tmp_path / "structural.safetensors"
     settings = FitSettings(epochs=3, lr=3e-3, batch_size=64, seed=1, poll_seconds=0.0)
-    steps_per_epoch = -(-len(digits[0]) // 64)
+    steps_per_epoch = -(-len(digits_sets[0]) // 64)
     hooks = StopAfterPolls(polls=steps_per_epoch + 5, checkpoint_dir=tmp_path)  # inside epoch 2
     with pytest.raises(Cancelled):
-        fit(new_model(), *digits, settings, hooks, "structural", checkpoint=path)
+        fit(new_model(), *digits_sets, settings, hooks, "structural", checkpoint=path)
     assert [e.step for e in hooks.events] == [1]
     resumed = RecordingHooks(checkpoint_dir=tmp_path)
-    fit(new_model(), *digits, settings, resumed, "structural", checkpoint=path)
+    fit(new_model(), *digits_sets, settings, resumed, "structural", checkpoint=path)
     assert [e.step for e in resumed.events] == [2, 3]
 
 
-def test_checkpoint_is_safetensors_with_json_metadata(digits: tuple[DeviceSet, DeviceSet],
+def test_checkpoint_is_safetensors_with_json_metadata(digits_sets: tuple[DeviceSet, DeviceSet],
                                                       tmp_path: Path) -> None:
     path = tmp_path / "baseline.safetensors"
-    fit(new_model(), *digits, FitSettings(epochs=2, lr=1e-3, batch_size=256), Hooks(), "baseline",
+    fit(new_model(), *digits_sets, FitSettings(epochs=2, lr=1e-3, batch_size=256), Hooks(), "baseline",
         checkpoint=path)
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()[META_KEY])
@@ -145,12 +134,12 @@ def test_checkpoint_is_safetensors_with_json_metadata(digits: tuple[DeviceSet, D
 
 # ------------------------------------------------------------------------------ fast paths vs reference
 
-def test_loop_matches_the_plain_reference_loop(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_loop_matches_the_plain_reference_loop(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """Same seed, same shuffles: our loop (device-resident data, foreach Adam, one host sync per epoch,
     batched evaluation) trains exactly the weights and accuracy the plain loop of bench/ does."""
     from bench.plain_loop import plain_mlp, plain_train
 
-    train, val = digits
+    train, val = digits_sets
     torch.manual_seed(0)
     plain = plain_mlp(64, [32], 10)
     ours = StructuralMLP(64, [32], 10)
@@ -171,10 +160,10 @@ def test_linear_schedule_is_a_function_of_the_step() -> None:
     assert FitSettings(epochs=5, lr=0.1, batch_size=8).lr_at(4) == 0.1
 
 
-def test_bf16_autocast_keeps_predictions(digits: tuple[DeviceSet, DeviceSet]) -> None:
+def test_bf16_autocast_keeps_predictions(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """The reduced-precision forward (GPU default, CPU option) trains to the same predictions within
     tolerance; weights and evaluation stay fp32."""
-    train, val = digits
+    train, val = digits_sets
     models = []
     for autocast in (None, torch.bfloat16):
         model = new_model()
