@@ -11,7 +11,7 @@ always-on units (paths through real hidden units only) for callers who want that
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,9 +130,16 @@ class GateCache:
     def __len__(self) -> int:
         return self.packed[0].shape[0]
 
-    def take(self, index: Tensor | slice) -> list[Tensor]:
-        """Gates of the selected samples: float 0/1 from the dense copy, else bool unpacked from bits."""
+    def take(self, index: Tensor | slice, gather: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+             ) -> list[Tensor]:
+        """Gates of the selected samples: float 0/1 from the dense copy, else bool unpacked from bits.
+
+        ``gather(slot, source, index)`` (the training loop's ``BatchGather``) replaces ``source[index]``
+        for tensor indices, so per-step gathers can reuse buffers.
+        """
         if self.dense is not None:
+            if gather is not None and isinstance(index, Tensor):
+                return [gather(level, g, index) for level, g in enumerate(self.dense)]
             return [g[index] for g in self.dense]
         return [unpack_bits(p[index], w) for p, w in zip(self.packed, self.widths, strict=True)]
 

@@ -131,11 +131,12 @@ class GLAIBlock(nn.Module):
     def forward(self, x: Tensor, gates: list[Tensor] | None = None) -> Tensor:
         if gates is None:
             gates = self.structure.gates(x)
-        x_tilde = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
         batch = x.shape[0]
-        # Contract the input index first: u[b, k, j_L, ..., j_1] = sum_i Theta[..., i] x~[b, i].
+        # Contract the input index first: u[b, k, j_L, ..., j_1] = sum_i Theta[..., i] x~[b, i]. The
+        # constant input's column enters as addmm's bias, so x~ = [x; 1] is never copied per step.
         theta = self.effective_theta()
-        u = (x_tilde @ theta.reshape(-1, self.in_features + 1).T).view(batch, *theta.shape[:-1])
+        flat = theta.reshape(-1, self.in_features + 1)
+        u = torch.addmm(flat[:, -1], x, flat[:, :-1].T).view(batch, *theta.shape[:-1])
         # Then mask-and-sum one hidden layer at a time, innermost (layer 1) first.
         for level, gate in enumerate(gates):
             g = gate.to(u.dtype)
