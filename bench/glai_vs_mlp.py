@@ -10,7 +10,9 @@ default, resolves to one of the others by its cost model; a solver whose closed 
 ``--max-closed-form-epochs`` Adam epochs, or needs CG, is reported as skipped), and the pruning sweep on
 the default solver's block. Time to target: target = MLP best validation accuracy - 0.5 pp; GLAI's clock
 runs over phase 1 then phase 2 (gate caching, closed-form solves and every evaluation included), the
-MLP's over its epochs. Speedup = MLP time / GLAI time. GLAI "meets" the issue's bar on a task when its
+MLP's over its epochs. Speedup = MLP time / GLAI time. With ``--repeats R`` (default 2) the MLP and
+GLAI (``auto``) run R times, alternating, and each keeps its fastest time to target (other solvers run
+once). GLAI "meets" the issue's bar on a task when its
 accuracy is at least the MLP's - 0.3 pp; the geometric mean of the speedups is printed for the
 frozen-feature and pixel tasks (MNIST-1D, where GLAI is expected to fall short, is reported apart).
 """
@@ -54,6 +56,7 @@ from glai_core.solvers import (
     quantitative_phase,
     ridge_costs,
 )
+from glai_core.train import DeviceSet
 
 COLUMNS = ["task", "n / d / m", "MLP acc", "MLP epochs (best/run)", "MLP time-to-target s", "solver",
            "GLAI acc", "acc - MLP (pp)", "phase-1 epochs", "phase-2 steps", "GLAI time-to-target s",
@@ -116,6 +119,11 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
                       f"time to target {glai_tt}")
         results[solver] = (q, glai_tt, block)
 
+    if args.repeats > 1 and isinstance(results.get("auto"), tuple):
+        base_tt, auto_tt = _fastest_of_repeats(args, train, val, m, match.glai_hidden, config, autocast,
+                                               target, base_tt, results)
+        console.print(f"  fastest of {args.repeats} alternating runs: MLP {base_tt}, GLAI (auto) {auto_tt}")
+
     pruned = "-"
     default = results.get("auto")
     if args.prune and isinstance(default, tuple):
@@ -144,6 +152,32 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
                      len(q.history) - 1, glai_tt, speedup,  # type: ignore[attr-defined]
                      pruned if solver == "auto" else "-", verdict])
     return rows
+
+
+def _fastest_of_repeats(args: argparse.Namespace, train: DeviceSet, val: DeviceSet, m: int,
+                        hidden: list[int], config: TrainConfig, autocast: torch.dtype | None, target: float,
+                        base_tt: float | None, results: dict) -> tuple[float | None, float | None]:
+    """Rerun the MLP and GLAI (phase 1 + ``auto`` phase 2) ``repeats - 1`` more times, alternating, and keep
+    each one's fastest time to target. Training is deterministic, so only the clock differs between runs;
+    on a shared machine other jobs only ever add time, so the minimum is the least noisy estimate."""
+    hooks = Hooks()
+    q, auto_tt, block = results["auto"]
+    for _ in range(args.repeats - 1):
+        base = baseline_phase(train, val, config.architecture.hidden, m, config.baseline, hooks, None,
+                              args.seed, autocast)
+        again = time_to_target([base.history], target)
+        base_tt = again if base_tt is None else min(base_tt, again or base_tt)
+        s = structural_phase(train, val, hidden, m, config.structural, hooks, None, args.seed, autocast)
+        block_again = GLAIBlock.from_structure(s.model, warm_start=config.quantitative.warm_start)
+        rerun = quantitative_phase(block_again, train, val, config.quantitative, hooks, None, args.seed,
+                                   autocast)
+        again = time_to_target([s.history, rerun.history], target)
+        auto_tt = again if auto_tt is None else min(auto_tt, again or auto_tt)
+    results["auto"] = (q, auto_tt, block)
+    for solver, outcome in results.items():  # the explicit solver that auto resolved to is the same run
+        if isinstance(outcome, tuple) and outcome[0] is q:
+            results[solver] = (q, auto_tt, block)
+    return base_tt, auto_tt
 
 
 def _verdict(acc: float, mlp: float, speedup: float | None, task: str) -> str:
@@ -181,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="subsample the large tasks (8-10k rows)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternating runs of the MLP and GLAI (auto); the fastest time to target counts")
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     args = parser.parse_args(argv)
     if args.threads is not None:

@@ -11,16 +11,23 @@ once). Seconds per epoch include each loop's own evaluation; the table shows the
 (the first pays one-off warm-up; the fastest epoch over ``--repeats`` alternating runs, since on a shared
 machine other jobs only add time), the speedup, and validation accuracy after E epochs of both loops: the
 same accuracy within noise is the condition for a speedup to count.
+
+The "GEMM floor" is what the epoch's matrix products alone cost on this device: every forward, weight-
+gradient and input-gradient product of every step at the batch size, plus the evaluation's forward,
+each timed in isolation into preallocated outputs. No loop at the same arithmetic and precision can
+beat it, so "plain / floor" is the largest speedup any loop could show over the plain one.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
+import time
 
 import torch
 
-from bench.common import TASKS, console, describe_device, markdown, pick_device, table, to_device
+from bench.common import TASKS, console, describe_device, markdown, pick_device, sync, table, to_device
 from bench.plain_loop import plain_mlp, plain_train
 from glai_core.hooks import Hooks
 from glai_core.model import GLAIBlock, StructuralMLP, match_parameters
@@ -28,7 +35,42 @@ from glai_core.pipeline import resolve_precision
 from glai_core.train import Best, DeviceSet, FitSettings, evaluate_point, fit
 
 COLUMNS = ["workload", "params", "batch (plain / ours)", "plain s/epoch", "ours s/epoch", "speedup",
-           "plain val acc", "ours val acc"]
+           "GEMM floor s/epoch", "plain / floor", "plain val acc", "ours val acc"]
+
+
+def mlp_gemms(widths: list[int], batch: int) -> list[tuple[int, int, int]]:
+    """(rows, inner, cols) of one training step's products for an MLP with these layer widths: each
+    layer's forward and weight gradient, and the input gradient of every layer but the first."""
+    shapes = []
+    for index, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        shapes += [(batch, a, b), (b, batch, a)]
+        if index > 0:
+            shapes.append((batch, b, a))
+    return shapes
+
+
+def gemm_seconds(shapes: list[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
+                 repeats: int = 5) -> float:
+    """Fastest of ``repeats`` timings of the products, each into a preallocated output (no allocation)."""
+    operands = [(torch.randn(r, k, device=device, dtype=dtype), torch.randn(k, c, device=device, dtype=dtype),
+                 torch.empty(r, c, device=device, dtype=dtype)) for r, k, c in shapes]
+    best = math.inf
+    for _ in range(repeats + 1):  # the first round warms up the BLAS and the caches
+        sync(device)
+        start = time.perf_counter()
+        for a, b, out in operands:
+            torch.mm(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gemm_floor(step_shapes: list[tuple[int, int, int]], eval_shapes: list[tuple[int, int, int]], n: int,
+               batch: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Seconds per epoch of the products alone: ceil(n / batch) steps in the training dtype plus one
+    evaluation forward in float32."""
+    return (math.ceil(n / batch) * gemm_seconds(step_shapes, device, dtype)
+            + gemm_seconds(eval_shapes, device, torch.float32))
 
 
 def _typical_epoch(seconds: list[float]) -> float:
@@ -76,7 +118,7 @@ def run(args: argparse.Namespace) -> list[list[object]]:
     epochs = args.epochs or (3 if args.quick else 5)
 
     def compare(name: str, params: int, plain_model: torch.nn.Module, our_model: torch.nn.Module,
-                our_train: DeviceSet, our_val: DeviceSet, lr: float, batch: int) -> None:
+                our_train: DeviceSet, our_val: DeviceSet, lr: float, batch: int, floor: float) -> None:
         plain_s: list[float] = []
         ours_s: list[float] = []
         for _ in range(args.repeats):  # alternate the loops so that load drifts hit both alike
@@ -86,29 +128,45 @@ def run(args: argparse.Namespace) -> list[list[object]]:
                                       args.precision, args.seed)
             ours_s += seconds[1:]
         p, o = _typical_epoch([0.0, *plain_s]), _typical_epoch([0.0, *ours_s])
-        rows.append([name, params, f"512 / {batch}", p, o, f"{p / o:.2f}x", plain_acc, ours_acc])
-        console.print(f"  {name}: plain {p:.3f} s/epoch, ours {o:.3f} s/epoch ({p / o:.2f}x)")
+        rows.append([name, params, f"512 / {batch}", p, o, f"{p / o:.2f}x", floor, f"{p / floor:.2f}x",
+                     plain_acc, ours_acc])
+        console.print(f"  {name}: plain {p:.3f} s/epoch, ours {o:.3f} s/epoch ({p / o:.2f}x); "
+                      f"GEMM floor {floor:.3f} s/epoch")
+
+    n, n_val = len(train), len(val)
+    dtype = resolve_precision(args.precision, device) or torch.float32
+
+    def mlp_floor(hidden: list[int]) -> float:
+        widths = [d, *hidden, m]
+        evaluation = [(n_val, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        return gemm_floor(mlp_gemms(widths, 512), evaluation, n, 512, device, dtype)
 
     # the MLP baseline
     torch.manual_seed(args.seed)
     mlp = plain_mlp(d, args.hidden, m).to(device)
     ours = _same_weights(mlp, StructuralMLP(d, args.hidden, m).to(device))
-    compare("MLP baseline", match.mlp_params, mlp, ours, train, val, args.lr, args.batch_size)
+    compare("MLP baseline", match.mlp_params, mlp, ours, train, val, args.lr, args.batch_size,
+            mlp_floor(args.hidden))
 
     # GLAI phase 1: the narrow structural MLP
     torch.manual_seed(args.seed + 1)
     s_plain = plain_mlp(d, match.glai_hidden, m).to(device)
     s_ours = _same_weights(s_plain, StructuralMLP(d, match.glai_hidden, m).to(device))
     compare("GLAI phase 1 (S)", match.structure_params, s_plain, s_ours, train, val, args.lr,
-            args.batch_size)
+            args.batch_size, mlp_floor(match.glai_hidden))
 
     # GLAI phase 2: path weights on S's frozen gates (S after its phase-1 epochs above)
     structure = copy.deepcopy(s_ours)
     block_plain = GLAIBlock.from_structure(copy.deepcopy(structure))
     block_ours = GLAIBlock.from_structure(copy.deepcopy(structure))
     g_train, g_val = train.with_gates(block_ours.structure), val.with_gates(block_ours.structure)
+    # the path contraction and its Theta gradient (the plain loop also runs S's forward for the gates)
+    paths = match.glai_trainable_params - m
+    outputs = paths // (d + 1)
+    floor = gemm_floor([(512, d + 1, outputs), (outputs, 512, d + 1)], [(n_val, d + 1, outputs)], n, 512,
+                       device, dtype)
     compare("GLAI phase 2 (Theta)", match.glai_trainable_params, block_plain, block_ours, g_train, g_val,
-            args.phase2_lr, args.batch_size)
+            args.phase2_lr, args.batch_size, floor)
     return rows
 
 
