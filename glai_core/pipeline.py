@@ -62,9 +62,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """
     if name not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {name!r}: use auto, fp32 or bf16")
-    if device.type == "cuda" and name != "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # set both ways: a worker process runs many jobs, fp32 ones included
+        torch.backends.cuda.matmul.allow_tf32 = name != "fp32"
+        torch.backends.cudnn.allow_tf32 = name != "fp32"
     if name == "bf16" or (name == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -251,6 +253,17 @@ def cg_solve(block: GLAIBlock, data: DeviceSet, relative_lambda: float, prior: T
 
 # ------------------------------------------------------------------------------ dual (kernel) form
 
+@contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """float32 products without TF32 inside the block, whatever the job's precision set for training."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def path_kernel(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor]) -> Tensor:
     """F_a F_b^T without materialising F: <F_a, F_b> = <x~_a, x~_b> * prod_l <g~_l(a), g~_l(b)>.
 
@@ -258,7 +271,8 @@ def path_kernel(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Ten
     is computed in the data's dtype (float32 in the pipeline: one GEMM), gate counts are exact integers,
     and the product is returned in float64 for the solve.
     """
-    kernel = (xa @ xb.T + 1.0).double()
+    with full_fp32_matmul():  # TF32 would round the inputs to 10 bits: the "exact" solve would not be
+        kernel = (xa @ xb.T + 1.0).double()
     last = len(gates_a) - 1
     for level, (ga, gb) in enumerate(zip(gates_a, gates_b, strict=True)):
         shared = ga.to(xa.dtype) @ gb.to(xa.dtype).T
