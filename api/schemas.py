@@ -206,6 +206,9 @@ class QuantitativeIn(In):
                                 description="Ridge regularisation strength (relative to mean diag(F^T F)).")
     patience: int = Field(_QUANT.patience, ge=1, le=10_000,
                           description="Epochs without improvement before stopping.")
+    backtrack: bool = Field(_QUANT.backtrack,
+                            description="After an epoch without improvement, go back to the best point and "
+                                        "halve the learning rate (the phase is convex: it overshot).")
 
 
 class PruningIn(In):

@@ -539,7 +539,7 @@ def quantitative_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: 
     offset = 1 if solver in ("ridge", "ridge+adam") else 0
     settings = FitSettings(epochs=offset + cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            patience=cfg.patience, seed=seed + 2, schedule=cfg.schedule, first_step=offset,
-                           autocast=autocast)
+                           autocast=autocast, backtrack=cfg.backtrack)
     state, best = PhaseState(), Best()
     if decision:
         state.extra["auto"] = decision

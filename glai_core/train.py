@@ -56,6 +56,9 @@ class FitSettings:
     schedule: str = "constant"  # or "linear": lr decays per epoch to 0 at ``epochs`` (convex phase 2)
     first_step: int = 0  # steps of the phase before the loop (warm start, closed-form solve)
     autocast: torch.dtype | None = None  # e.g. torch.bfloat16: training forward under autocast
+    # Convex phase 2: an epoch that improves neither validation accuracy nor loss took too large steps,
+    # so the weights go back to the best point and the learning rate is halved (kept in state.extra).
+    backtrack: bool = False
 
     def lr_at(self, step: int) -> float:
         """Learning rate of epoch ``step``; a pure function of the step, so resuming reproduces it."""
@@ -230,13 +233,18 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     while stopped_by is None:
         step = state.step + 1
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr_at(step)
+            group["lr"] = settings.lr_at(step) * state.extra.get("lr_scale", 1.0)
         loss_sum = _train_epoch(model, train, optimizer, settings.batch_size, generator, hooks,
                                 settings.poll_seconds, settings.autocast)
         metrics = evaluate_point(model, train, val, loss_sum)
         if epoch_metrics is not None:
             metrics.update(epoch_metrics(model))
         stopped_by = _update_best(model, step, metrics, best, state, settings)
+        if settings.backtrack and stopped_by is None and state.stale > 0 and best.weights is not None:
+            model.load_state_dict(best.weights)
+            state.extra["lr_scale"] = state.extra.get("lr_scale", 1.0) * 0.5
+            optimizer = make_optimizer(model, settings.lr, settings.weight_decay)  # no stale moments
+            metrics["lr_scale"] = state.extra["lr_scale"]
         state.step, state.seconds = step, time.monotonic() - started
         state.history.append({"step": step, "seconds": state.seconds, **metrics})
         if stopped_by is None and stop_rule is not None:

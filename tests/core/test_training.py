@@ -12,7 +12,7 @@ from safetensors import safe_open
 from glai_core.checkpoint import META_KEY, load_checkpoint
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.model import StructuralMLP
-from glai_core.train import DeviceSet, FitSettings, fit
+from glai_core.train import Best, DeviceSet, FitSettings, evaluate_point, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
@@ -135,7 +135,7 @@ def test_checkpoint_is_safetensors_with_json_metadata(digits_sets: tuple[DeviceS
 # ------------------------------------------------------------------------------ fast paths vs reference
 
 def test_loop_matches_the_plain_reference_loop(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
-    """Same seed, same shuffles: our loop (device-resident data, foreach Adam, one host sync per epoch,
+    """Same seed, same shuffles: our loop (device-resident data, fused Adam, one host sync per epoch,
     batched evaluation) trains exactly the weights and accuracy the plain loop of bench/ does."""
     from bench.plain_loop import plain_mlp, plain_train
 
@@ -174,3 +174,59 @@ def test_bf16_autocast_keeps_predictions(digits_sets: tuple[DeviceSet, DeviceSet
     with torch.no_grad():
         agree = (models[0](val.x).argmax(1) == models[1](val.x).argmax(1)).float().mean()
     assert agree >= 0.95
+
+
+# ------------------------------------------------------------------------------ backtracking (phase 2)
+
+def _trained(digits_sets: tuple[DeviceSet, DeviceSet]) -> tuple[StructuralMLP, Best]:
+    """A model already at ~95% and its starting point as the best so far, as phase 2 starts."""
+    model = new_model()
+    fit(model, *digits_sets, SETTINGS, Hooks(), "baseline")
+    start = evaluate_point(model, None, digits_sets[1])
+    best = Best()
+    best.take(model, 0, start["val_accuracy"], start["val_loss"])
+    return model, best
+
+
+def test_backtracking_restores_the_best_point_and_halves_the_rate(
+        digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """A rate far too large makes every epoch worse: each one is undone and the rate halves."""
+    model, best = _trained(digits_sets)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FitSettings(epochs=3, lr=10.0, batch_size=64, seed=1, backtrack=True)
+    result = fit(model, *digits_sets, settings, Hooks(), "quantitative", best=best)
+    assert [h["lr_scale"] for h in result.history] == [0.5, 0.25, 0.125]
+    assert all(h["val_accuracy"] < best.accuracy for h in result.history)
+    assert result.best_step == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, start[key]), key
+
+
+def test_backtracking_without_it_keeps_the_worse_point(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """The same run without backtracking trains on from the worse weights (keep_best off to see them)."""
+    model, best = _trained(digits_sets)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FitSettings(epochs=1, lr=10.0, batch_size=64, seed=1, keep_best=False)
+    result = fit(model, *digits_sets, settings, Hooks(), "quantitative", best=best)
+    assert "lr_scale" not in result.history[0]
+    assert any(not torch.equal(value, start[key]) for key, value in model.state_dict().items())
+
+
+def test_backtracking_resumes_with_its_reduced_rate(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                   tmp_path: Path) -> None:
+    """The halved rate lives in the checkpoint: cancel after epoch 1, resume, same weights as straight."""
+    settings = FitSettings(epochs=3, lr=0.05, batch_size=64, seed=1, backtrack=True)
+    reference, best = _trained(digits_sets)
+    straight = fit(reference, *digits_sets, settings, Hooks(), "quantitative", best=best)
+    assert any("lr_scale" in h for h in straight.history)  # the case under test happens
+
+    path = tmp_path / "quantitative.safetensors"
+    model, best = _trained(digits_sets)
+    with pytest.raises(Cancelled):
+        fit(model, *digits_sets, settings, RecordingHooks(checkpoint_dir=tmp_path, stop_after=1),
+            "quantitative", checkpoint=path, best=best)
+    resumed_model, _ = _trained(digits_sets)
+    resumed = fit(resumed_model, *digits_sets, settings, Hooks(), "quantitative", checkpoint=path)
+    assert [h.get("lr_scale") for h in resumed.history] == [h.get("lr_scale") for h in straight.history]
+    for (name, a), b in zip(resumed_model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
