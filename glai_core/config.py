@@ -126,7 +126,7 @@ class TrainConfig:
     precision: str = "auto"
     validation_fraction: float = 0.2  # held out (stratified, seeded) when the data has no validation split
     # Bytes the training data (both splits) may take on the device; above it batches are gathered from
-    # host memory per step (glai_core.streaming). None: half the GPU's memory on CUDA, unlimited on CPU.
+    # host memory per step (glai_core.streaming). None: half the GPU's free memory on CUDA, unlimited on CPU.
     device_memory_budget_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -137,6 +137,8 @@ class GLAIBlock(nn.Module):
         theta = self.effective_theta()
         flat = theta.reshape(-1, self.in_features + 1)
         u = torch.addmm(flat[:, -1], x, flat[:, :-1].T).view(batch, *theta.shape[:-1])
+        if u.dtype in (torch.bfloat16, torch.float16):
+            u = u.float()  # under autocast: mask-and-sum in fp32, so deep blocks do not compound rounding
         # Then mask-and-sum one hidden layer at a time, innermost (layer 1) first.
         for level, gate in enumerate(gates):
             g = gate.to(u.dtype)

@@ -40,7 +40,7 @@ from glai_core.train import DeviceSet
 
 BLOCK_BYTES = 32 * 1024**2  # one read buffer; bounds the host memory of every pass
 FIT_CHUNK = 65536  # Standardizer.fit's chunk: the same grouping gives bit-identical sums
-DEFAULT_CUDA_BUDGET_FRACTION = 0.5  # of the device's total memory, when no budget is configured
+DEFAULT_CUDA_BUDGET_FRACTION = 0.5  # of the device's free memory at placement, when no budget is configured
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -267,12 +267,16 @@ class Placement:
 
 
 def resolve_budget(device: torch.device, budget_bytes: int | None) -> int | None:
-    """The configured budget, else half the GPU's memory on CUDA; None (unlimited) on CPU."""
+    """The configured budget, else half the GPU's free memory on CUDA; None (unlimited) on CPU.
+
+    Free, not total: a GPU shared with other jobs or processes has less to give, and the other half is
+    left for the model, the gate caches and the solves.
+    """
     if budget_bytes is not None:
         return int(budget_bytes)
     if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        return int(total * DEFAULT_CUDA_BUDGET_FRACTION)
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * DEFAULT_CUDA_BUDGET_FRACTION)
     return None
 
 
@@ -314,6 +318,17 @@ def _raw_tensor(x: Any) -> Tensor:
         return torch.from_numpy(array)
 
 
+def _host_or_device(shape: tuple[int, int], target: torch.device, pin: bool) -> Tensor:
+    """An empty float32 tensor; pinned host memory when asked, plain host memory if pinning fails
+    (page-locking many GB can be refused): slower copies, same results."""
+    if pin:
+        try:
+            return torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=torch.float32, device=target)
+
+
 def place(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, *, n_classes: int,
           validation_fraction: float, seed: int, device: torch.device,
           budget_bytes: int | None = None) -> Placement:
@@ -337,8 +352,8 @@ def place(x: Any, y: np.ndarray, x_val: Any, y_val: np.ndarray | None, *, n_clas
     if resident or device.type == "cuda":
         target = device if resident else torch.device("cpu")
         pin = not resident and torch.cuda.is_available()
-        train_x = torch.empty((n_train, d), dtype=torch.float32, device=target, pin_memory=pin)
-        val_x = torch.empty((n_val, d), dtype=torch.float32, device=target, pin_memory=pin)
+        train_x = _host_or_device((n_train, d), target, pin)
+        val_x = _host_or_device((n_val, d), target, pin)
         if val_index is None:
             with RowReader(x) as reader:
                 _scatter(reader, [(train_index, train_x)], standardizer)
