@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from glai_core.checkpoint import META_KEY, load_checkpoint
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
-from glai_core.model import StructuralMLP
+from glai_core.model import GLAIBlock, StructuralMLP
 from glai_core.train import Best, DeviceSet, FitSettings, evaluate_point, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
@@ -230,3 +230,19 @@ def test_backtracking_resumes_with_its_reduced_rate(digits_sets: tuple[DeviceSet
     assert [h.get("lr_scale") for h in resumed.history] == [h.get("lr_scale") for h in straight.history]
     for (name, a), b in zip(resumed_model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_path_block_under_bf16_autocast_stays_close_to_fp32(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """Phase 2's forward under autocast (the GPU default): the path contraction runs in bf16, the
+    mask-and-sum over hidden layers in fp32, so deeper blocks stay within bf16's own rounding."""
+    _, val = digits_sets
+    for hidden in ([32], [12, 8], [8, 6, 5]):
+        torch.manual_seed(0)
+        block = GLAIBlock.from_structure(StructuralMLP(64, hidden, 10))
+        with torch.no_grad():
+            reference = block(val.x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = block(val.x)
+        assert low.dtype == torch.float32
+        assert ((low - reference).norm() / reference.norm()).item() < 1e-2, hidden
+        assert (low.argmax(1) == reference.argmax(1)).float().mean() >= 0.97, hidden
