@@ -7,6 +7,9 @@ and a canonical copy obey one contract: float32 features (n, d) with finite valu
 Errors are ``DataError`` with a message written for the person who uploaded the file: it names the
 problem, the column or array, and where the first offending value sits.
 
+CSV/Parquet reading, checking and streaming live in ``glai_core.tables`` (imported lazily: it imports
+this module).
+
 Security: npz members are checked (declared sizes against a limit, numpy header against the declared
 size, no object dtype) *before* any array is read, and ``np.load`` always runs with
 ``allow_pickle=False``. Nothing is downloaded: built-in data sets come from installed packages.
@@ -513,182 +516,43 @@ def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory:
                       max_bytes: int = MAX_DECOMPRESSED_BYTES) -> LoadedData:
     """``save_canonical(directory, load_file(path, ...))`` without holding the features in memory.
 
-    npz members are streamed (decompressed block by block) straight into ``X.npy``/``X_val.npy`` with
-    the same checks and messages as ``load_file``; the result is the canonical directory, memory-mapped.
-    csv/parquet tables are parsed in memory (pyarrow) as before. On a ``DataError`` the directory may
-    hold partial files: write into a staging directory.
+    npz members are streamed (decompressed block by block) straight into ``X.npy``/``X_val.npy``. A
+    csv file is read by pyarrow's streaming reader, a parquet file row group by row group (a large one
+    column by column); every batch of rows is checked as ``load_file`` checks the whole table and
+    appended to ``X.npy`` as float32 rows, and the labels are collected and encoded at the end. Every
+    format gets the checks and messages of ``load_file`` and writes the bytes ``save_canonical`` writes;
+    the result is the canonical directory, memory-mapped. Host memory: a block or batch of rows (tens of
+    MB) plus the labels. On a ``DataError`` the directory may hold partial files: write into a staging
+    directory.
     """
+    from glai_core import tables  # lazily: tables imports this module
+
     path, directory = Path(path), Path(directory)
-    if file_format == "npz" and path.is_file() and path.stat().st_size > 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        streamed = _canonicalize_npz(path, directory, max_bytes)
-        if streamed is not None:
-            return streamed
+    _check_upload(path, file_format)
+    directory.mkdir(parents=True, exist_ok=True)
+    if file_format == "csv":
+        return tables.canonicalize_csv(path, directory, label_column)
+    if file_format == "parquet":
+        return tables.canonicalize_parquet(path, directory, label_column)
+    streamed = _canonicalize_npz(path, directory, max_bytes)
+    if streamed is not None:
+        return streamed
     data = load_file(path, file_format, label_column, max_bytes=max_bytes)
     save_canonical(directory, data)
     return data
 
 
-# --------------------------------------------------------------------------------------- csv/parquet
-
-def _read_csv(path: Path) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    with open(path, "rb") as handle:
-        start = handle.read(4)
-    if start[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in start:
-        raise DataError("the CSV file is not UTF-8 text (it looks like UTF-16 or binary data); save it as "
-                        "UTF-8", "file")
-    first_bad: list[Any] = []
-
-    def on_invalid_row(row: Any) -> str:
-        first_bad.append(row)
-        return "error"
-
-    try:
-        return pacsv.read_csv(str(path), read_options=pacsv.ReadOptions(use_threads=False),
-                              parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"the CSV file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
-                        "UTF-8", "file") from exc
-    except pa.ArrowInvalid as exc:
-        if first_bad:
-            row = first_bad[0]
-            raise DataError(f"ragged CSV: line {row.number} has {row.actual_columns} fields but the header "
-                            f"has {row.expected_columns}: {row.text[:80]!r}", "file") from exc
-        if "empty" in str(exc).lower():
-            raise DataError("the CSV file is empty", "file") from exc
-        raise DataError(f"the CSV file could not be parsed: {exc}", "file") from exc
-
-
-def _read_parquet(path: Path) -> Any:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(str(path))
-    except (pa.ArrowException, OSError) as exc:
-        detail = str(exc).replace(f"Could not open Parquet input source '{path}': ", "")
-        detail = detail.replace(str(path), path.name)  # never echo server paths to the user
-        raise DataError(f"not a valid Parquet file (corrupted or truncated): {detail}", "file") from exc
-
-
-def _first_invalid_utf8(column: Any) -> int:
-    for index, value in enumerate(column.to_pylist()):
-        if value is None:
-            continue
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError:
-            return index
-    return -1
-
-
-def _first_non_number(column: Any) -> int:
-    """Index of the first text value that does not read as a number (error path only)."""
-    for index, value in enumerate(column.to_pylist()):
-        try:
-            float(value)
-        except (TypeError, ValueError):
-            return index
-    return 0
-
-
-def _refuse_empty_labels(column: Any, name: str, row_label: Callable[[int], str]) -> None:
-    import pyarrow.compute as pc
-
-    empty = pc.equal(pc.utf8_trim_whitespace(column), "")
-    count = int(pc.sum(empty).as_py() or 0)
-    if count:
-        first = int(pc.index(empty, True).as_py())
-        raise DataError(f"column {name!r} has {_plural(count, 'missing (empty) label')}; first at "
-                        f"{row_label(first)}", name)
-
-
-def _column_numpy(table: Any, name: str, row_label: Callable[[int], str], *, label: bool) -> np.ndarray:
-    """One Arrow column as numpy, refusing nulls, non-UTF-8 bytes and (for features) non-numeric types."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = table.column(name)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    kind = column.type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        index = _first_invalid_utf8(column)
-        where = f" (first at {row_label(index)})" if index >= 0 else ""
-        raise DataError(f"column {name!r} contains bytes that are not UTF-8 text{where}; save the file as "
-                        "UTF-8", name)
-    if column.null_count:
-        first = int(pc.index(pc.is_null(column), True).as_py())
-        raise DataError(f"column {name!r} has {_plural(column.null_count, 'missing value')} (empty cells or "
-                        f"NA/NaN); first at {row_label(first)}", name)
-    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-    if label:
-        if not (numeric or text):
-            raise DataError(f"label column {name!r} has type {kind}; use integer or text labels", name)
-        if text:
-            _refuse_empty_labels(column, name, row_label)
-    elif not numeric:
-        example = ""
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            index = _first_non_number(column)
-            example = f" (e.g. {column[index].as_py()!r} at {row_label(index)})"
-        raise DataError(f"feature column {name!r} is not numeric: type {kind}{example}. All columns except "
-                        "the label must be numbers; encode categories as numbers first", name)
-    values = column.to_numpy()
-    if values.dtype.hasobject:
-        values = values.astype(str)
-    return values
-
-
-def _default_label_column(columns: list[str]) -> str:
-    candidates = [c for c in ("label", "y", "target", "class") if c in columns]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise DataError(f"choose the label column: none given and no single obvious one (available columns: "
-                    f"{', '.join(map(repr, columns))})", "label_column")
-
-
-def _column_names(table: Any) -> list[str]:
-    try:
-        return list(table.column_names)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"the header row is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} in "
-                        f"{bytes(exc.object)!r}); save the file as UTF-8", "file") from exc
-
-
-def _table_to_data(table: Any, label_column: str | None, row_label: Callable[[int], str]) -> LoadedData:
-    columns = _column_names(table)
-    duplicates = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicates:
-        raise DataError(f"duplicate column names: {', '.join(map(repr, duplicates))}", duplicates[0])
-    if table.num_rows == 0:
-        raise DataError(f"the file has a header ({len(columns)} columns) but no data rows", "file")
-    label = label_column if label_column is not None else _default_label_column(columns)
-    if label not in columns:
-        hint = " (the file may use ';' or tabs instead of commas)" if len(columns) == 1 else ""
-        raise DataError(f"label column {label!r} not found; available columns: "
-                        f"{', '.join(map(repr, columns))}{hint}", "label_column")
-    features = [c for c in columns if c != label]
-    if not features:
-        raise DataError(f"the file has only the label column {label!r}: at least one feature column is "
-                        "needed", "features")
-    y = _column_numpy(table, label, row_label, label=True)
-    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
-    with np.errstate(over="ignore"):  # overflow becomes inf, which _check_finite reports
-        for index, name in enumerate(features):
-            x[:, index] = _column_numpy(table, name, row_label, label=False)
-
-    def locate(row: int, col: int) -> str:
-        return f"{row_label(row)}, column {features[col]!r}"
-
-    return _finalize(x, y, label=label, locate=locate)
-
-
 # ---------------------------------------------------------------------------------------- public API
+
+def _check_upload(path: Path, file_format: str) -> None:
+    if file_format not in FILE_FORMATS:
+        raise DataError(f"unknown file format {file_format!r}; use one of {', '.join(FILE_FORMATS)}",
+                        "format")
+    if not path.is_file():
+        raise DataError(f"file not found: {path.name}", "file")
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty (0 bytes)", "file")
+
 
 def load_file(path: str | os.PathLike[str], file_format: str, label_column: str | None = None, *,
               max_bytes: int = MAX_DECOMPRESSED_BYTES) -> LoadedData:
@@ -698,19 +562,15 @@ def load_file(path: str | os.PathLike[str], file_format: str, label_column: str 
     holds the class (default: a single column named label/y/target/class), every other column is a
     numeric feature. ``max_bytes`` caps the uncompressed size of npz members (zip bombs).
     """
+    from glai_core import tables  # lazily: tables imports this module
+
     path = Path(path)
-    if file_format not in FILE_FORMATS:
-        raise DataError(f"unknown file format {file_format!r}; use one of {', '.join(FILE_FORMATS)}",
-                        "format")
-    if not path.is_file():
-        raise DataError(f"file not found: {path.name}", "file")
-    if path.stat().st_size == 0:
-        raise DataError("the file is empty (0 bytes)", "file")
+    _check_upload(path, file_format)
     if file_format == "npz":
         return _load_npz(path, max_bytes)
     if file_format == "csv":
-        return _table_to_data(_read_csv(path), label_column, lambda row: f"line {row + 2}")
-    return _table_to_data(_read_parquet(path), label_column, lambda row: f"row {row + 1}")
+        return tables.table_to_data(tables.read_csv(path), label_column, tables.csv_line)
+    return tables.table_to_data(tables.read_parquet(path), label_column, tables.parquet_row)
 
 
 def read_idx(path: str | os.PathLike[str], max_bytes: int = MAX_DECOMPRESSED_BYTES) -> np.ndarray:

@@ -79,8 +79,9 @@ def _plain(value: object) -> object:
 
 
 def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
-    """Validate and write the canonical arrays in one pass: an npz upload is streamed member by member
-    into staging/X.npy (host memory: one block, not the data set); tables are parsed in memory."""
+    """Validate and write the canonical arrays in one pass: an npz upload is streamed member by member,
+    a csv/parquet table batch by batch, into staging/X.npy (host memory: one block or batch of rows plus
+    the labels, not the data set)."""
     from glai_core import data as gdata
 
     try:
