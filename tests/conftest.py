@@ -70,3 +70,14 @@ def redis_url() -> str:
     url = f"{REDIS_URL}/{db}"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
+    import torch  # here, not at the top: the service tests need no torch import of their own
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from glai_core.data import builtin, train_val_split
 from glai_core.preprocess import Standardizer
 from glai_core.train import DeviceSet
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from glai_core.metrics import (
 )
 from glai_core.model import GLAIBlock, StructuralMLP
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_gates(n: int, widths: list[int], p: float, seed: int) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ TIMING_KEYS = {"glai_seconds", "baseline_seconds", "glai_time_to_target_s", "bas
                "speedup"}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

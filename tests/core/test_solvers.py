@@ -27,7 +27,7 @@ from glai_core.solvers import (
 )
 from glai_core.train import DeviceSet, FitSettings, fit
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy_problem(hidden: list[int], n: int = 300, d: int = 5, m: int = 3, seed: int = 0) -> tuple[GLAIBlock,

@@ -14,7 +14,7 @@ from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.model import GLAIBlock, StructuralMLP
 from glai_core.train import Best, DeviceSet, FitSettings, evaluate_point, fit
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def new_model(seed: int = 0) -> StructuralMLP:

@@ -29,23 +29,15 @@ from glai_core.solvers import quantitative_phase, ridge_fit
 from glai_core.streaming import HostRows, Placement, place
 from glai_core.train import BatchGather, DeviceSet, FitSettings, fit, make_optimizer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device is present (torch.cuda.is_available() is False)")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="no CUDA device is present (torch.cuda.is_available() is False)"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py: the CPU references are tiny
 
 DEVICE = torch.device("cuda")
 CPU = torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The CPU references are tiny: one intra-op thread avoids oversubscription (tests/core/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def exact_fp32() -> Iterator[None]:
