@@ -11,7 +11,7 @@ from glai_core.config import TrainConfig
 from glai_core.data import LoadedData, builtin
 from glai_core.hooks import Cancelled, RecordingHooks
 from glai_core.metrics import evaluate
-from glai_core.pipeline import run_pipeline, time_to_target
+from glai_core.pipeline import resolve_precision, run_pipeline, time_to_target
 
 SUMMARY_KEYS = {
     "glai_accuracy", "structure_accuracy", "warm_start_accuracy", "baseline_accuracy", "pruned",
@@ -128,3 +128,19 @@ def test_cancel_then_resume_skips_finished_phases(digits: LoadedData, tmp_path: 
     again_hooks = RecordingHooks(checkpoint_dir=tmp_path)
     again = run_pipeline(digits, config, again_hooks)
     assert again_hooks.events == [] and torch.equal(again.glai.theta, reference.glai.theta)
+
+
+def test_precision_sets_tf32_both_ways_for_each_cuda_job() -> None:
+    """A worker process runs many jobs: an fp32 job after an "auto" one must not inherit TF32.
+    (The flags are plain process settings, so this runs without a GPU.)"""
+    cuda = torch.device("cuda")
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        assert resolve_precision("auto", cuda) is torch.bfloat16
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert resolve_precision("fp32", cuda) is None
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert resolve_precision("auto", torch.device("cpu")) is None  # CPU: fp32, flags untouched
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -17,6 +17,7 @@ from glai_core.solvers import (
     choose_phase2,
     dual_solve,
     fit_temperature,
+    full_fp32_matmul,
     input_basis,
     normal_equations,
     path_features,
@@ -271,3 +272,19 @@ def test_subspace_phase_keeps_the_warm_start(digits_sets: tuple[DeviceSet, Devic
     again = quantitative_phase(GLAIBlock.from_structure(structure), train, val, cfg, RecordingHooks(),
                                checkpoint=tmp_path / "q.safetensors")
     assert again.skipped and torch.equal(again.model.theta, block.theta)
+
+
+def test_exact_kernel_products_run_without_tf32_and_restore_the_flag() -> None:
+    """The dual solve's input kernel is computed with TF32 off whatever the job's precision set, and the
+    job's setting is back afterwards (also when the block raises)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with full_fp32_matmul():
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(RuntimeError), full_fp32_matmul():
+            raise RuntimeError("solve failed")
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
