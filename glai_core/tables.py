@@ -415,10 +415,7 @@ def _stream_table(schema: Any, batches: Iterator[Any], drain: Callable[[], None]
         _write_npy_header(out, (0, len(features)), np.dtype(np.float32))
         header_bytes = out.tell()
         for piece in itertools.chain([first], pieces):
-            start = scan.rows
-            block = scan.add(piece)
-            if block is not None:
-                _write_rows(out, block, start, finite)
+            _append_rows(out, scan, finite, piece)
     return _finish_table(directory, scan, finite, header_bytes)
 
 
@@ -648,14 +645,19 @@ def canonicalize_parquet(path: Path, directory: Path, label_column: str | None) 
                     table = read(index, None)
                     step = _batch_rows(len(columns))
                     for first in range(0, rows, step):
-                        start = scan.rows
-                        block = scan.add(table.slice(first, step))
-                        if block is not None:
-                            _write_rows(out, block, start, finite)
+                        _append_rows(out, scan, finite, table.slice(first, step))
                 else:
                     _parquet_group_by_columns(lambda name, index=index: read(index, [name]).column(0), rows,
                                               scan, finite, out, directory / "X.columns.part")
         return _finish_table(directory, scan, finite, header_bytes)
+
+
+def _append_rows(out: Any, scan: _TableScan, finite: _FiniteScan, piece: Any) -> None:
+    """Check one batch of table rows and append its float32 features to ``X.npy``."""
+    start = scan.rows
+    block = scan.add(piece)
+    if block is not None:
+        _write_rows(out, block, start, finite)
 
 
 def _write_rows(out: Any, block: np.ndarray, start: int, finite: _FiniteScan) -> None:
