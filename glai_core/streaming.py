@@ -45,21 +45,22 @@ DEFAULT_CUDA_BUDGET_FRACTION = 0.5  # of the device's free memory at placement, 
 
 # ------------------------------------------------------------------------------------------ memory
 
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    """VmHWM (peak resident set, file-backed pages of memory maps included) of a process, in bytes."""
+def _status_bytes(field: str, pid: int | str) -> int:
+    """One memory field of /proc/<pid>/status (reported in kB), in bytes."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not reported (not Linux?)")
+    raise RuntimeError(f"{field} not reported (not Linux?)")
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """VmHWM (peak resident set, file-backed pages of memory maps included) of a process, in bytes."""
+    return _status_bytes("VmHWM", pid)
 
 
 def current_rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not reported (not Linux?)")
+    return _status_bytes("VmRSS", pid)
 
 
 def reset_peak_rss() -> bool:
