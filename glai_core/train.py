@@ -2,8 +2,9 @@
 
 Small heads are dominated by launch, allocation and synchronisation overhead, not arithmetic, so the
 loop: keeps the whole split on the device, shuffles with ``torch.randperm(generator=...)``, gathers each
-batch with ``index_select`` into a buffer reused across steps (no allocation per step), uses fused Adam
-(one kernel per parameter on CUDA and on CPU), accumulates the training loss on the device and
+batch with ``index_select`` into a buffer reused across steps (no allocation per step), takes the
+hand-written forward/backward of ``glai_core.steps`` where it applies, uses fused Adam (one kernel per
+parameter on CUDA and on CPU), accumulates the training loss on the device and
 synchronises with the host once per epoch (together with the batched evaluation). ``hooks.should_stop``
 is polled at most every ``poll_seconds`` inside an epoch and after every epoch; the checkpoint written at
 the end of each epoch is what a resume continues from, so a mid-epoch cancel only loses that epoch.
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glai_core.checkpoint import PhaseState, load_checkpoint, load_optimizer, save_checkpoint
 from glai_core.hooks import Cancelled, Event, Hooks
-from glai_core.metrics import GateCache, evaluate_sums, logits
+from glai_core.metrics import GateCache, evaluate_sums
+from glai_core.steps import Step, make_step
 
 EVAL_BATCH = 8192
 
@@ -135,15 +136,11 @@ class BatchGather:
         return out
 
 
-def _train_epoch(model: nn.Module, data: DeviceSet, optimizer: torch.optim.Optimizer, batch_size: int,
-                 generator: torch.Generator, hooks: Hooks, poll_seconds: float,
-                 autocast: torch.dtype | None = None) -> Tensor:
-    """One shuffled pass; returns the summed training loss as a device tensor (no host sync).
-
-    With ``autocast`` the forward runs in that dtype (weights, optimizer state and evaluation stay fp32).
-    """
-    model.train()
-    device = data.x.device
+def _train_epoch(data: DeviceSet, optimizer: torch.optim.Optimizer, step: Step, batch_size: int,
+                 generator: torch.Generator, hooks: Hooks, poll_seconds: float) -> Tensor:
+    """One shuffled pass; returns the summed training loss as a device tensor (no host sync)."""
+    step.model.train()
+    device = data.y.device
     host_order = torch.randperm(len(data), generator=generator)
     order = host_order.to(device, non_blocking=True)
     # Rows kept in host memory (streaming.HostRows) are gathered by the host order: reading a device
@@ -155,13 +152,8 @@ def _train_epoch(model: nn.Module, data: DeviceSet, optimizer: torch.optim.Optim
     for start in range(0, len(data), batch_size):
         index = order[start:start + batch_size]
         gates = None if data.gates is None else data.gates.take(index, gather)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            out = logits(model, gather(-1, data.x, x_order[start:start + batch_size]), gates)
-        loss = F.cross_entropy(out.float(), data.y[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * index.shape[0]
+        x = gather(-1, data.x, x_order[start:start + batch_size])
+        total += step(x, gather(-2, data.y, index), gates, optimizer)
         if time.monotonic() - last_poll > poll_seconds:
             last_poll = time.monotonic()
             if hooks.should_stop():
@@ -229,13 +221,14 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     if announce:
         hooks.on_phase_start(phase)
     started = time.monotonic() - state.seconds
+    step_fn = make_step(model, settings.autocast, gates_cached=train.gates is not None)
     stopped_by = state.stopped_by or ("max_epochs" if state.step >= settings.epochs else None)
     while stopped_by is None:
         step = state.step + 1
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(step) * state.extra.get("lr_scale", 1.0)
-        loss_sum = _train_epoch(model, train, optimizer, settings.batch_size, generator, hooks,
-                                settings.poll_seconds, settings.autocast)
+        loss_sum = _train_epoch(train, optimizer, step_fn, settings.batch_size, generator, hooks,
+                                settings.poll_seconds)
         metrics = evaluate_point(model, train, val, loss_sum)
         if epoch_metrics is not None:
             metrics.update(epoch_metrics(model))
@@ -255,6 +248,7 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
         emit(hooks, phase, step, settings.epochs, metrics, state.seconds)
         if stopped_by is None and hooks.should_stop():
             raise Cancelled(f"{phase} stopped after step {step}")
+    model.zero_grad(set_to_none=True)  # the step's gradient buffers are not part of the result
     return _result(model, state, resumed=resumed)
 
 

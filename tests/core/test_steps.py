@@ -1,0 +1,144 @@
+"""The hand-written steps give autograd's gradients, losses and Adam trajectories on real data."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from glai_core.hooks import Hooks
+from glai_core.metrics import GateCache
+from glai_core.model import GLAIBlock, StructuralMLP
+from glai_core.steps import AutogradStep, HandWrittenStep, make_step, supports_hand_written
+from glai_core.train import DeviceSet, FitSettings, fit, make_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _pair(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model and an identical copy: one for the reference step, one for the step under test."""
+    return model, copy.deepcopy(model)
+
+
+def _trained_structure(train: DeviceSet, hidden: list[int]) -> StructuralMLP:
+    """A briefly trained S, so that gates are informative and a GLAI block starts from real paths."""
+    torch.manual_seed(0)
+    model = StructuralMLP(train.x.shape[1], hidden, 10)
+    fit(model, train, train, FitSettings(epochs=2, lr=3e-3, batch_size=64, seed=0), Hooks(), "structural")
+    return model
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in _trainable(model)]
+
+
+class _NoStep(torch.optim.Optimizer):
+    """Leaves the weights alone, so one call of a step shows its gradients only."""
+
+    def __init__(self, params) -> None:  # noqa: ANN001
+        super().__init__(list(params), {})
+
+    def step(self, closure=None) -> None:  # noqa: ANN001
+        return None
+
+
+@pytest.mark.parametrize("hidden", [[32], [24, 16], [16, 12, 8]])
+def test_mlp_gradients_and_loss_match_autograd(digits_sets: tuple[DeviceSet, DeviceSet],
+                                               hidden: list[int]) -> None:
+    train, _ = digits_sets
+    torch.manual_seed(0)
+    reference, ours = _pair(StructuralMLP(64, hidden, 10))
+    x, y = train.x[:200], train.y[:200]
+    ref_loss = AutogradStep(reference)(x, y, None, _NoStep(reference.parameters()))
+    our_loss = HandWrittenStep(ours)(x, y, None, _NoStep(ours.parameters()))
+    assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    for got, want in zip(_grads(ours), _grads(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_glai_gradients_and_loss_match_autograd(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    train, _ = digits_sets
+    structure = _trained_structure(train, [20])
+    reference = GLAIBlock.from_structure(structure)
+    ours = GLAIBlock.from_structure(structure)
+    x, y = train.x[:300], train.y[:300]
+    gates = GateCache.build(structure, x).take(slice(0, 300))
+    ref_loss = AutogradStep(reference)(x, y, gates, _NoStep(_trainable(reference)))
+    our_loss = HandWrittenStep(ours)(x, y, gates, _NoStep(_trainable(ours)))
+    assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert ours.theta.grad.abs().sum() > 0  # a real gradient, not a zero buffer
+    for got, want in zip(_grads(ours), _grads(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_buffers_are_overwritten_not_accumulated(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """No zero_grad between steps: the second batch's gradient must not contain the first's."""
+    train, _ = digits_sets
+    torch.manual_seed(0)
+    reference, ours = _pair(StructuralMLP(64, [32], 10))
+    step = HandWrittenStep(ours)
+    step(train.x[:100], train.y[:100], None, _NoStep(ours.parameters()))
+    step(train.x[100:200], train.y[100:200], None, _NoStep(ours.parameters()))
+    AutogradStep(reference)(train.x[100:200], train.y[100:200], None, _NoStep(reference.parameters()))
+    for got, want in zip(_grads(ours), _grads(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "glai"])
+def test_adam_trajectories_match_over_many_steps(digits_sets: tuple[DeviceSet, DeviceSet], kind: str) -> None:
+    """The whole loop (fit) with the hand-written step against fit with autograd's: same weights and
+    validation accuracy after 3 epochs."""
+    train, val = digits_sets
+    if kind == "mlp":
+        torch.manual_seed(0)
+        reference, ours = _pair(StructuralMLP(64, [32], 10))
+        train_set, val_set = train, val
+    else:
+        structure = _trained_structure(train, [20])
+        reference, ours = GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure)
+        train_set, val_set = train.with_gates(structure), val.with_gates(structure)
+    assert isinstance(make_step(ours, None, gates_cached=True), HandWrittenStep)
+    settings = FitSettings(epochs=3, lr=1e-3, batch_size=64, seed=2, keep_best=False)
+    got = fit(ours, train_set, val_set, settings, Hooks(), "baseline")
+    optimizer = make_optimizer(reference, settings.lr)
+    step = AutogradStep(reference)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for _ in range(settings.epochs):  # the loop's shuffles, by hand, with autograd
+        order = torch.randperm(len(train_set), generator=generator)
+        for start in range(0, len(train_set), settings.batch_size):
+            index = order[start:start + settings.batch_size]
+            gates = None if train_set.gates is None else train_set.gates.take(index)
+            step(train_set.x[index], train_set.y[index], gates, optimizer)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+    assert all(p.grad is None for p in ours.parameters())  # buffers released at the end of the phase
+    with torch.no_grad():
+        gates = None if val_set.gates is None else val_set.gates.take(slice(0, len(val_set)))
+        ref_out = reference(val_set.x) if gates is None else reference(val_set.x, gates=gates)
+    accuracy = (ref_out.argmax(1) == val_set.y).float().mean().item()
+    assert got.history[-1]["val_accuracy"] == pytest.approx(accuracy, abs=1e-3)
+
+
+def test_hand_written_only_where_it_is_exact(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    train, _ = digits_sets
+    structure = StructuralMLP(64, [20], 10)
+    assert supports_hand_written(structure, None, gates_cached=False)
+    assert not supports_hand_written(structure, torch.bfloat16, gates_cached=False)  # autocast
+    block = GLAIBlock.from_structure(structure)
+    assert supports_hand_written(block, None, gates_cached=True)
+    assert not supports_hand_written(block, None, gates_cached=False)  # gates computed on the fly
+    block.set_theta_mask(torch.ones_like(block.theta))
+    assert not supports_hand_written(block, None, gates_cached=True)  # pruned paths
+    deep = GLAIBlock.from_structure(StructuralMLP(64, [8, 6], 10))
+    assert not supports_hand_written(deep, None, gates_cached=True)
+    assert isinstance(make_step(deep, None, gates_cached=True), AutogradStep)
+    frozen = StructuralMLP(64, [20], 10)
+    frozen.layers[0].requires_grad_(False)
+    assert not supports_hand_written(frozen, None, gates_cached=False)
+    with pytest.raises(ValueError, match="no hand-written step"):
+        HandWrittenStep(deep)
