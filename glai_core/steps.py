@@ -105,8 +105,8 @@ def _mlp_step(model: StructuralMLP, x: Tensor, y: Tensor) -> Tensor:
         layer, a_in = layers[index], inputs[index]
         torch.mm(grad.T, a_in, out=layer.weight.grad)
         torch.sum(grad, dim=0, out=layer.bias.grad)
-        if index > 0:  # no gradient for the data
-            grad = torch.mm(grad, layer.weight).masked_fill_(a_in <= 0, 0.0)
+        if index > 0:  # no gradient for the data; ReLU's backward is autograd's own kernel (one pass)
+            grad = torch.ops.aten.threshold_backward(torch.mm(grad, layer.weight), a_in, 0.0)
     return loss
 
 
