@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from glai_core.checkpoint import PhaseState, load_checkpoint, load_optimizer, save_checkpoint
 from glai_core.hooks import Cancelled, Event, Hooks
 from glai_core.metrics import GateCache, evaluate_sums
+from glai_core.optim import LeanAdam
 from glai_core.steps import Step, make_step
 
 EVAL_BATCH = 8192
@@ -104,10 +105,10 @@ StopRule = Callable[[list[dict[str, float]]], str | None]
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Fused Adam: one pass over each parameter's memory per step instead of a dozen (measured 2.7x
-    faster steps than foreach on CPU for the MLP baseline's 203k parameters)."""
+    """Fused Adam (one pass over each parameter's memory per step instead of a dozen: 2.7x faster steps
+    than foreach on CPU for the MLP baseline's 203k parameters), called without its per-step Python."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return LeanAdam(params, lr=lr, weight_decay=weight_decay)
 
 
 class BatchGather:

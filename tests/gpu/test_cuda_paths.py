@@ -1,11 +1,12 @@
 """CUDA fast paths against the CPU reference, on real data (sklearn digits).
 
 Covered: the GLAI warm-start invariant, the training loop (device-resident data, ``BatchGather``, fused
-Adam) in fp32, the whole pipeline in bf16 autocast + TF32, streaming from pinned host memory
-(``HostRows``), the bit-packed and dense gate caches, the primal and dual ridge solves, and checkpoint
-resume (pipeline and fused-Adam state). Everything is small: the file runs in well under two minutes on a
-GPU. ``DEVICE`` is a module constant so the test bodies can be exercised on CPU too (set it to
-``torch.device("cpu")`` after import and clear ``pytestmark``); the CPU reference never uses it.
+Adam) in fp32, the hand-written steps and ``LeanAdam`` against autograd and torch's Adam, the whole
+pipeline in bf16 autocast + TF32, streaming from pinned host memory (``HostRows``), the bit-packed and
+dense gate caches, the primal and dual ridge solves, and checkpoint resume (pipeline and fused-Adam state).
+Everything is small: the file runs in well under two minutes on a GPU. ``DEVICE`` is a module constant so
+the test bodies can be exercised on CPU too (set it to ``torch.device("cpu")`` after import and clear
+``pytestmark``); the CPU reference never uses it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from glai_core.data import LoadedData, builtin, split_indices, train_val_split
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.metrics import GateCache
 from glai_core.model import GLAIBlock, StructuralMLP
+from glai_core.optim import LeanAdam
 from glai_core.pipeline import resolve_precision, run_pipeline
 from glai_core.preprocess import Standardizer
 from glai_core.solvers import quantitative_phase, ridge_fit
+from glai_core.steps import AutogradStep, HandWrittenStep, make_step
 from glai_core.streaming import HostRows, Placement, place
 from glai_core.train import BatchGather, DeviceSet, FitSettings, fit, make_optimizer
 
@@ -149,6 +152,30 @@ def test_batch_gather_reuses_one_device_buffer(digits_sets: tuple[DeviceSet, Dev
     for index in (order[64:128], order[-5:]):  # a full batch, then a short last batch: same memory
         batch = gather(0, x, index)
         assert batch.data_ptr() == pointer and torch.equal(batch, x[index])
+
+
+def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
+        digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """On the device, the hand-written MLP and GLAI steps give autograd's gradients and loss, and
+    LeanAdam's direct kernel call gives torch's fused Adam step bit for bit."""
+    train, _ = on(DEVICE, digits_sets)
+    x, y = train.x[:256], train.y[:256]
+    structure = new_mlp([24], DEVICE)
+    gates = GateCache.build(structure, x).take(slice(0, 256))
+    for make in (lambda: new_mlp([32, 16], DEVICE, seed=3), lambda: GLAIBlock.from_structure(structure)):
+        reference, ours = make(), make()
+        trainable = [p for p in reference.parameters() if p.requires_grad]
+        torch_adam = torch.optim.Adam(trainable, lr=1e-3, fused=True)
+        lean = make_optimizer(ours, 1e-3)
+        assert isinstance(lean, LeanAdam) and isinstance(make_step(ours, None, True), HandWrittenStep)
+        step_gates = gates if isinstance(ours, GLAIBlock) else None
+        for _ in range(3):
+            ref_loss = AutogradStep(reference)(x, y, step_gates, torch_adam)
+            our_loss = HandWrittenStep(ours)(x, y, step_gates, lean)
+            torch.testing.assert_close(our_loss, ref_loss, rtol=1e-5, atol=1e-5)
+        for a, b in zip(reference.parameters(), ours.parameters(), strict=True):
+            assert a.device.type == DEVICE.type
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ (c) pipeline

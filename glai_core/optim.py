@@ -1,0 +1,58 @@
+"""Adam for small heads: torch's fused kernel without the per-step Python around it.
+
+``torch.optim.Adam(fused=True).step`` re-collects every parameter, gradient and state tensor, regroups
+them by device and dtype and enters a profiler scope on every call: about 80 us per step on this CPU
+(measured 109 us per step for S's four tensors against 25 us for the same kernel called directly), 10%
+of a narrow structural network's epoch. ``LeanAdam`` is that optimiser with the common case (one device,
+one float dtype, no AMSGrad, every parameter has a gradient) sent straight to the same kernel. The state
+is Adam's own, created by Adam's own first step, so ``state_dict``, checkpoints and resumes are unchanged.
+Anything else takes ``Adam.step``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_KERNEL = getattr(torch, "_fused_adam_", None)  # the kernel Adam(fused=True) calls; absent: plain step
+
+
+class LeanAdam(torch.optim.Adam):
+    def __init__(self, params, lr: float, weight_decay: float = 0.0) -> None:  # noqa: ANN001
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
+        if closure is not None or _KERNEL is None:
+            return super().step(closure)
+        calls = []
+        for group in self.param_groups:
+            params = group["params"]
+            states = [self.state.get(p) for p in params]
+            if not self._direct(group, params, states):
+                return super().step()
+            calls.append((group, params, states))
+        for group, params, states in calls:
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = group["betas"]
+            _KERNEL(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                    beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+        return None
+
+    @staticmethod
+    def _direct(group: dict, params: list[torch.Tensor], states: list) -> bool:
+        """True when the kernel alone does exactly what ``Adam.step`` would (state already created)."""
+        flags = ("amsgrad", "maximize", "differentiable", "decoupled_weight_decay")
+        if not params or any(group.get(flag) for flag in flags):
+            return False
+        if torch.is_tensor(group["lr"]) or any(not s or "exp_avg" not in s for s in states):
+            return False
+        first = params[0]
+        return all(p.grad is not None and p.device == first.device and p.dtype == first.dtype
+                   and p.grad.dtype == p.dtype and not p.grad.is_sparse for p in params)
+
+
+# Optimizer.__init__ wraps a class's ``step`` in a profiler scope plus step-hook dispatch (~50 us a call
+# here) unless the function says it is already wrapped; the lean step registers no hooks, so it opts out.
+LeanAdam.step.hooked = True  # type: ignore[attr-defined]
