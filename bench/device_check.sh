@@ -94,7 +94,8 @@ fi
 
 # ---------------------------------------------------------------- 2. tests (tests/gpu + CPU core tests)
 step pytest "$T_PYTEST" "$PY" -m pytest -q -rs --durations=15 -p no:cacheprovider \
-    tests/gpu tests/core/test_training.py tests/core/test_solvers.py tests/core/test_pipeline.py
+    tests/gpu tests/core/test_training.py tests/core/test_steps.py tests/core/test_optim.py \
+    tests/core/test_solvers.py tests/core/test_pipeline.py
 
 # ---------------------------------------------------------------- 3. loop efficiency
 RUN_BENCH=0
