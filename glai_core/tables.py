@@ -409,18 +409,22 @@ def _stream_table(schema: Any, batches: Iterator[Any], drain: Callable[[], None]
         if first is not None:
             drain()
         raise
-    scan = _TableScan(label, features, row_label)
-    finite = _FiniteScan()
-    with open(directory / "X.npy", "wb") as out:
-        _write_npy_header(out, (0, len(features)), np.dtype(np.float32))
-        header_bytes = out.tell()
+    def fill(out: Any, scan: _TableScan, finite: _FiniteScan) -> None:
         for piece in itertools.chain([first], pieces):
             _append_rows(out, scan, finite, piece)
-    return _finish_table(directory, scan, finite, header_bytes)
+
+    return _write_table(directory, _TableScan(label, features, row_label), fill)
 
 
-def _finish_table(directory: Path, scan: _TableScan, finite: _FiniteScan, header_bytes: int) -> LoadedData:
-    """After the last row: the remaining checks of ``_finalize`` in its order, then y.npy and meta.json."""
+def _write_table(directory: Path, scan: _TableScan,
+                 fill: Callable[[Any, _TableScan, _FiniteScan], None]) -> LoadedData:
+    """X.npy behind a placeholder header, its rows appended by ``fill``; after the last row the remaining
+    checks of ``_finalize`` in its order, then the real header, y.npy and meta.json."""
+    finite = _FiniteScan()
+    with open(directory / "X.npy", "wb") as out:
+        _write_npy_header(out, (0, len(scan.features)), np.dtype(np.float32))
+        header_bytes = out.tell()
+        fill(out, scan, finite)
     scan.check()
     y = _label_array(scan.labels(), scan.label)
     finite.check("X", scan.locate)
@@ -633,11 +637,8 @@ def canonicalize_parquet(path: Path, directory: Path, label_column: str | None) 
                 for name in dict.fromkeys(columns):
                     read(index, [name])
             raise
-        scan = _TableScan(label, features, parquet_row)
-        finite = _FiniteScan()
-        with open(directory / "X.npy", "wb") as out:
-            _write_npy_header(out, (0, len(features)), np.dtype(np.float32))
-            header_bytes = out.tell()
+
+        def fill(out: Any, scan: _TableScan, finite: _FiniteScan) -> None:
             for index, rows in enumerate(groups):
                 if rows == 0:
                     continue
@@ -649,7 +650,8 @@ def canonicalize_parquet(path: Path, directory: Path, label_column: str | None) 
                 else:
                     _parquet_group_by_columns(lambda name, index=index: read(index, [name]).column(0), rows,
                                               scan, finite, out, directory / "X.columns.part")
-        return _finish_table(directory, scan, finite, header_bytes)
+
+        return _write_table(directory, _TableScan(label, features, parquet_row), fill)
 
 
 def _append_rows(out: Any, scan: _TableScan, finite: _FiniteScan, piece: Any) -> None:
