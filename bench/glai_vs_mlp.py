@@ -27,12 +27,14 @@ from dataclasses import replace
 import torch
 
 from bench.common import (
+    ACCURACY_MARGIN,
     TASKS,
     cache_name,
     console,
     describe_device,
     geometric_mean,
     markdown,
+    mlp_then_glai,
     pick_device,
     table,
     to_device,
@@ -61,7 +63,6 @@ from glai_core.train import DeviceSet
 COLUMNS = ["task", "n / d / m", "MLP acc", "MLP epochs (best/run)", "MLP time-to-target s", "solver",
            "GLAI acc", "acc - MLP (pp)", "phase-1 epochs", "phase-2 steps", "GLAI time-to-target s",
            "speedup", "pruned 50/75/90", "verdict"]
-ACCURACY_MARGIN = 0.003  # GLAI accuracy must be >= MLP - 0.3 pp
 
 
 def _closed_form_epochs(n: int, n_val: int, d: int, hidden: list[int], m: int, config: TrainConfig) -> float:
@@ -120,8 +121,7 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
         results[solver] = (q, glai_tt, block)
 
     if args.repeats > 1 and isinstance(results.get("auto"), tuple):
-        base_tt, auto_tt = _fastest_of_repeats(args, train, val, m, match.glai_hidden, config, autocast,
-                                               target, base_tt, results)
+        base_tt, auto_tt = _fastest_of_repeats(args, train, val, m, config, autocast, base_tt, results)
         console.print(f"  fastest of {args.repeats} alternating runs: MLP {base_tt}, GLAI (auto) {auto_tt}")
 
     pruned = "-"
@@ -155,24 +155,16 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
 
 
 def _fastest_of_repeats(args: argparse.Namespace, train: DeviceSet, val: DeviceSet, m: int,
-                        hidden: list[int], config: TrainConfig, autocast: torch.dtype | None, target: float,
-                        base_tt: float | None, results: dict) -> tuple[float | None, float | None]:
+                        config: TrainConfig, autocast: torch.dtype | None, base_tt: float | None,
+                        results: dict) -> tuple[float | None, float | None]:
     """Rerun the MLP and GLAI (phase 1 + ``auto`` phase 2) ``repeats - 1`` more times, alternating, and keep
     each one's fastest time to target. Training is deterministic, so only the clock differs between runs;
     on a shared machine other jobs only ever add time, so the minimum is the least noisy estimate."""
-    hooks = Hooks()
     q, auto_tt, block = results["auto"]
     for _ in range(args.repeats - 1):
-        base = baseline_phase(train, val, config.architecture.hidden, m, config.baseline, hooks, None,
-                              args.seed, autocast)
-        again = time_to_target([base.history], target)
-        base_tt = again if base_tt is None else min(base_tt, again or base_tt)
-        s = structural_phase(train, val, hidden, m, config.structural, hooks, None, args.seed, autocast)
-        block_again = GLAIBlock.from_structure(s.model, warm_start=config.quantitative.warm_start)
-        rerun = quantitative_phase(block_again, train, val, config.quantitative, hooks, None, args.seed,
-                                   autocast)
-        again = time_to_target([s.history, rerun.history], target)
-        auto_tt = again if auto_tt is None else min(auto_tt, again or auto_tt)
+        run = mlp_then_glai(train, val, m, config, args.seed, autocast)
+        base_tt = run["mlp_tt"] if base_tt is None else min(base_tt, run["mlp_tt"] or base_tt)
+        auto_tt = run["glai_tt"] if auto_tt is None else min(auto_tt, run["glai_tt"] or auto_tt)
     results["auto"] = (q, auto_tt, block)
     for solver, outcome in results.items():  # the explicit solver that auto resolved to is the same run
         if isinstance(outcome, tuple) and outcome[0] is q:

@@ -23,48 +23,24 @@ import time
 import torch
 
 from bench.common import (
+    ACCURACY_MARGIN,
     TASKS,
     console,
     describe_device,
     geometric_mean,
     markdown,
+    mlp_then_glai,
     pick_device,
     table,
     to_device,
 )
 from glai_core.config import TrainConfig
 from glai_core.data import DataError
-from glai_core.hooks import Hooks
-from glai_core.model import GLAIBlock, match_parameters
-from glai_core.pipeline import (
-    TARGET_MARGIN,
-    baseline_phase,
-    resolve_precision,
-    structural_phase,
-    time_to_target,
-)
-from glai_core.solvers import quantitative_phase
+from glai_core.pipeline import resolve_precision
 
 COLUMNS = ["task", "seeds", "MLP acc (mean)", "GLAI - MLP pp (mean)", "GLAI - MLP pp (min .. max)",
            "reached target", "met accuracy bar", "speedup (median)", "speedup (min .. max)",
            "MLP epochs to target (min .. max)"]
-ACCURACY_MARGIN = 0.003
-
-
-def one_seed(train, val, m: int, config: TrainConfig, seed: int, autocast) -> dict[str, float | None]:  # noqa: ANN001
-    """MLP then GLAI for one training seed; accuracies and times to the MLP-derived target."""
-    hooks = Hooks()
-    match = match_parameters(train.x.shape[1], config.architecture.hidden, m)
-    hidden = config.architecture.hidden
-    base = baseline_phase(train, val, hidden, m, config.baseline, hooks, None, seed, autocast)
-    target = base.best_accuracy - TARGET_MARGIN
-    s = structural_phase(train, val, match.glai_hidden, m, config.structural, hooks, None, seed, autocast)
-    block = GLAIBlock.from_structure(s.model, warm_start=config.quantitative.warm_start)
-    q = quantitative_phase(block, train, val, config.quantitative, hooks, None, seed, autocast)
-    mlp_epochs = next((h["step"] for h in base.history if h["val_accuracy"] >= target), None)
-    return {"mlp_acc": base.best_accuracy, "glai_acc": q.best_accuracy, "mlp_epochs": mlp_epochs,
-            "mlp_tt": time_to_target([base.history], target),
-            "glai_tt": time_to_target([s.history, q.history], target)}
 
 
 def summarise(name: str, runs: list[dict[str, float | None]]) -> list[object]:
@@ -110,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         train, val, _, m = to_device(data, device)
         runs = []
         for seed in range(args.seeds):
-            run = one_seed(train, val, m, config, seed, autocast)
+            run = mlp_then_glai(train, val, m, config, seed, autocast)
             console.print(f"  {name} seed {seed}: MLP {run['mlp_acc']:.4f} in {run['mlp_tt']} s, "
                           f"GLAI {run['glai_acc']:.4f} in {run['glai_tt']} s")
             runs.append(run)
