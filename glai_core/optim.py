@@ -7,6 +7,10 @@ of a narrow structural network's epoch. ``LeanAdam`` is that optimiser with the 
 one float dtype, no AMSGrad, every parameter has a gradient) sent straight to the same kernel. The state
 is Adam's own, created by Adam's own first step, so ``state_dict``, checkpoints and resumes are unchanged.
 Anything else takes ``Adam.step``.
+
+For a CUDA graph (``glai_core.graphs``) the learning rate must be read at replay time, not baked into the
+recorded kernel: ``lr_tensor``, when set, is a device scalar the kernel reads instead of the group's float
+(the graph's owner refills it from the group before every epoch).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ _KERNEL = getattr(torch, "_fused_adam_", None)  # the kernel Adam(fused=True) ca
 class LeanAdam(torch.optim.Adam):
     def __init__(self, params, lr: float, weight_decay: float = 0.0) -> None:  # noqa: ANN001
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+        self.lr_tensor: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
@@ -36,9 +41,20 @@ class LeanAdam(torch.optim.Adam):
             torch._foreach_add_(steps, 1)
             beta1, beta2 = group["betas"]
             _KERNEL(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                    beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+                    [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=self._lr(group),
+                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                    maximize=False)
         return None
+
+    def capturable(self) -> bool:
+        """True when ``step`` is one kernel call on tensors that stay put: what a CUDA graph can record."""
+        if _KERNEL is None or len(self.param_groups) != 1:
+            return False
+        group = self.param_groups[0]
+        return self._direct(group, group["params"], [self.state.get(p) for p in group["params"]])
+
+    def _lr(self, group: dict) -> float | torch.Tensor:
+        return group["lr"] if self.lr_tensor is None or len(self.param_groups) != 1 else self.lr_tensor
 
     @staticmethod
     def _direct(group: dict, params: list[torch.Tensor], states: list) -> bool:

@@ -4,8 +4,9 @@ Small heads are dominated by launch, allocation and synchronisation overhead, no
 loop: keeps the whole split on the device, shuffles with ``torch.randperm(generator=...)``, gathers each
 batch with ``index_select`` into a buffer reused across steps (no allocation per step), takes the
 hand-written forward/backward of ``glai_core.steps`` where it applies, uses fused Adam (one kernel per
-parameter on CUDA and on CPU), accumulates the training loss on the device and
-synchronises with the host once per epoch (together with the batched evaluation). ``hooks.should_stop``
+parameter on CUDA and on CPU), accumulates the training loss on the device and synchronises with the
+host once per epoch (together with the batched evaluation). On CUDA, with the hand-written step, an
+epoch's full batches are one CUDA graph launch (``glai_core.graphs``). ``hooks.should_stop``
 is polled at most every ``poll_seconds`` inside an epoch and after every epoch; the checkpoint written at
 the end of each epoch is what a resume continues from, so a mid-epoch cancel only loses that epoch.
 """
@@ -22,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from glai_core.checkpoint import PhaseState, load_checkpoint, load_optimizer, save_checkpoint
+from glai_core.graphs import EpochGraph
 from glai_core.hooks import Cancelled, Event, Hooks
 from glai_core.metrics import GateCache, evaluate_sums
 from glai_core.optim import LeanAdam
-from glai_core.steps import Step, make_step
+from glai_core.steps import HandWrittenStep, Step, make_step
 
 EVAL_BATCH = 8192
 
@@ -61,6 +63,7 @@ class FitSettings:
     # Convex phase 2: an epoch that improves neither validation accuracy nor loss took too large steps,
     # so the weights go back to the best point and the learning rate is halved (kept in state.extra).
     backtrack: bool = False
+    cuda_graphs: bool = True  # replay each epoch's full batches as one CUDA graph where it applies
 
     def lr_at(self, step: int) -> float:
         """Learning rate of epoch ``step``; a pure function of the step, so resuming reproduces it."""
@@ -98,6 +101,7 @@ class FitResult:
     resumed: bool = False  # continued from a checkpoint
     skipped: bool = False  # reloaded an already finished phase: nothing ran
     extra: dict = field(default_factory=dict)
+    graph_replays: int = 0  # epochs run as one CUDA graph launch (glai_core.graphs)
 
 
 EpochMetrics = Callable[[nn.Module], dict[str, float]]
@@ -138,27 +142,33 @@ class BatchGather:
 
 
 def _train_epoch(data: DeviceSet, optimizer: torch.optim.Optimizer, step: Step, batch_size: int,
-                 generator: torch.Generator, hooks: Hooks, poll_seconds: float) -> Tensor:
+                 generator: torch.Generator, hooks: Hooks, poll_seconds: float, gather: BatchGather,
+                 graph: EpochGraph | None = None) -> Tensor:
     """One shuffled pass; returns the summed training loss as a device tensor (no host sync)."""
     step.model.train()
     device = data.y.device
     host_order = torch.randperm(len(data), generator=generator)
-    order = host_order.to(device, non_blocking=True)
-    # Rows kept in host memory (streaming.HostRows) are gathered by the host order: reading a device
-    # index back would cost a device sync every step.
-    x_order = order if isinstance(data.x, Tensor) else host_order
-    total = torch.zeros((), dtype=torch.float32, device=device)
-    gather = BatchGather()
     last_poll = time.monotonic()
-    for start in range(0, len(data), batch_size):
-        index = order[start:start + batch_size]
-        gates = None if data.gates is None else data.gates.take(index, gather)
-        x = gather(-1, data.x, x_order[start:start + batch_size])
-        total += step(x, gather(-2, data.y, index), gates, optimizer)
-        if time.monotonic() - last_poll > poll_seconds:
-            last_poll = time.monotonic()
-            if hooks.should_stop():
-                raise Cancelled("stopped during an epoch; resuming repeats it from the last checkpoint")
+
+    def body(order: Tensor, total: Tensor, starts: range, poll: bool = True) -> None:
+        nonlocal last_poll
+        # Rows kept in host memory (streaming.HostRows) are gathered by the host order: reading a device
+        # index back would cost a device sync every step.
+        x_order = order if isinstance(data.x, Tensor) else host_order
+        for start in starts:
+            index = order[start:start + batch_size]
+            gates = None if data.gates is None else data.gates.take(index, gather)
+            x = gather(-1, data.x, x_order[start:start + batch_size])
+            total += step(x, gather(-2, data.y, index), gates, optimizer)
+            if poll and time.monotonic() - last_poll > poll_seconds:
+                last_poll = time.monotonic()
+                if hooks.should_stop():
+                    raise Cancelled("stopped during an epoch; resuming repeats it from the last checkpoint")
+
+    if graph is not None:  # polled after the epoch instead (glai_core.graphs)
+        return graph.run(host_order, optimizer, lambda order, total, at: body(order, total, at, False))
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    body(host_order.to(device, non_blocking=True), total, range(0, len(data), batch_size))
     return total
 
 
@@ -223,13 +233,19 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
         hooks.on_phase_start(phase)
     started = time.monotonic() - state.seconds
     step_fn = make_step(model, settings.autocast, gates_cached=train.gates is not None)
+    gather = BatchGather()  # batch buffers for the whole phase (a CUDA graph reads them in place)
+    graph = None
+    hand_written = isinstance(step_fn, HandWrittenStep)
+    if settings.cuda_graphs and EpochGraph.usable(train.x, train.y.device, hand_written, settings.batch_size,
+                                                  len(train)):
+        graph = EpochGraph(len(train), settings.batch_size, train.y.device)
     stopped_by = state.stopped_by or ("max_epochs" if state.step >= settings.epochs else None)
     while stopped_by is None:
         step = state.step + 1
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(step) * state.extra.get("lr_scale", 1.0)
         loss_sum = _train_epoch(train, optimizer, step_fn, settings.batch_size, generator, hooks,
-                                settings.poll_seconds)
+                                settings.poll_seconds, gather, graph)
         metrics = evaluate_point(model, train, val, loss_sum)
         if epoch_metrics is not None:
             metrics.update(epoch_metrics(model))
@@ -250,7 +266,10 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
         if stopped_by is None and hooks.should_stop():
             raise Cancelled(f"{phase} stopped after step {step}")
     model.zero_grad(set_to_none=True)  # the step's gradient buffers are not part of the result
-    return _result(model, state, resumed=resumed)
+    result = _result(model, state, resumed=resumed)
+    if graph is not None:
+        result.graph_replays = graph.replays
+    return result
 
 
 def _update_best(model: nn.Module, step: int, metrics: dict[str, float], best: Best, state: PhaseState,

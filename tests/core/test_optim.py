@@ -82,3 +82,32 @@ def test_parameters_without_gradients_take_adams_own_step(digits_sets: tuple[Dev
     assert torch.equal(ours.layers[0].weight, frozen)
     for a, b in zip(reference.parameters(), ours.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_rate_from_a_device_scalar_is_the_rate_used(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """With ``lr_tensor`` set (a CUDA graph reads the rate at replay time), the step takes the tensor's
+    rate, not the group's float: equal values give equal weights, a changed tensor changes them."""
+    train, _ = digits_sets
+    torch.manual_seed(3)
+    start = StructuralMLP(64, [32], 10)
+    models = [copy.deepcopy(start) for _ in range(3)]
+    optimizers = [LeanAdam(m.parameters(), lr=3e-3) for m in models]
+    for model, optimizer in zip(models, optimizers, strict=True):
+        assert not optimizer.capturable()  # no state yet: Adam's own first step must create it
+        _train(model, optimizer, train, 1)
+        assert optimizer.capturable()
+    # refilled before every step, as the graph's owner does; float64 on CPU: the kernel reads it as a double
+    optimizers[1].lr_tensor = torch.tensor(0.0, dtype=torch.float64)
+    optimizers[2].lr_tensor = torch.tensor(0.0, dtype=torch.float64)
+    for step in range(1, 8):
+        rate = 3e-3 / (1 + step // 5)  # what _train sets the group's float to
+        optimizers[1].lr_tensor.fill_(rate)
+        optimizers[2].lr_tensor.fill_(2 * rate)
+        for model, optimizer in zip(models, optimizers, strict=True):
+            _train(model, optimizer, train, 1, first=step)
+    for a, b, c in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)
+    two_groups = LeanAdam([{"params": [models[0].layers[0].weight]}, {"params": [models[0].layers[0].bias]}],
+                          lr=1e-3)
+    assert not two_groups.capturable()  # one rate tensor serves one group only

@@ -1,0 +1,105 @@
+"""A training epoch's full batches replayed as one CUDA graph.
+
+On a GPU a small head's step is some twenty kernels of a few microseconds each, and launching them one by
+one from Python costs more than running them. With the hand-written step (``glai_core.steps``) and
+``LeanAdam`` a step is a fixed sequence of kernels on tensors that stay put: the batch buffers of a
+``BatchGather`` kept for the whole phase, the gradient buffers, Adam's state and a device copy of the
+learning rate. So the full batches of an epoch are captured once, reading their indices from a device
+buffer that every epoch refills with its new permutation, and each later epoch is one graph launch; the
+short last batch runs eagerly after it. The graph runs exactly the eager loop's kernels, so the result
+is the eager loop's (tested against it on the device).
+
+Rules that keep it correct:
+
+* the first epoch with a fresh optimiser runs eagerly (Adam creates its state there; a graph cannot
+  allocate it), on the same side stream the graph is captured on, which also warms up cuBLAS there;
+* a new optimiser (phase 2's backtracking makes one) means a new capture;
+* the learning rate is read from ``LeanAdam.lr_tensor`` at replay time, so schedules need no recapture;
+* a capture that fails (an unsupported kernel, a driver without graphs) is reported once as a warning and
+  the phase continues eagerly: nothing was run by the failed capture.
+
+Cancellation is polled after each epoch instead of during it: on a GPU an epoch of a small head takes
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from glai_core.optim import LeanAdam
+
+# body(order, total, starts): run the steps whose batches start at ``starts``, reading the permutation
+# from ``order`` and adding each step's summed loss into ``total``
+Body = Callable[[Tensor, Tensor, range], None]
+
+
+class EpochGraph:
+    """Runs epochs of one phase: eagerly until the optimiser's state exists, then as graph replays."""
+
+    def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
+        self.full = range(0, (n // batch_size) * batch_size, batch_size)
+        self.tail = range(self.full.stop, n, batch_size)
+        self.order = torch.empty(n, dtype=torch.long, device=device)
+        self.total = torch.zeros((), dtype=torch.float32, device=device)
+        self.stream = torch.cuda.Stream(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.owner: LeanAdam | None = None  # the optimiser the graph was captured with
+        self.warm: LeanAdam | None = None  # the optimiser that last ran an eager epoch on self.stream
+        self.failed = False
+        self.captures = 0
+        self.replays = 0
+
+    @staticmethod
+    def usable(x: object, device: torch.device, hand_written: bool, batch_size: int, n: int) -> bool:
+        """Graphs need CUDA, device-resident rows, the hand-written step and at least one full batch."""
+        return (device.type == "cuda" and hand_written and isinstance(x, Tensor) and x.is_cuda
+                and n >= batch_size)
+
+    def run(self, host_order: Tensor, optimizer: torch.optim.Optimizer, body: Body) -> Tensor:
+        """One epoch in ``host_order``; returns its summed training loss (a device tensor, no sync)."""
+        current = torch.cuda.current_stream(self.order.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            self.order.copy_(host_order)
+            self.total.zero_()
+            if isinstance(optimizer, LeanAdam) and optimizer.lr_tensor is not None:
+                optimizer.lr_tensor.fill_(optimizer.param_groups[0]["lr"])
+            if self.graph is not None and self.owner is not optimizer:
+                self.graph, self.owner = None, None  # captured with another optimiser's state
+            if self.graph is None and self._can_capture(optimizer):
+                self._capture(optimizer, body)  # type: ignore[arg-type]
+            if self.graph is not None:
+                self.graph.replay()
+                self.replays += 1
+            else:
+                body(self.order, self.total, self.full)
+                self.warm = optimizer if isinstance(optimizer, LeanAdam) else None
+            body(self.order, self.total, self.tail)
+            total = self.total.clone()
+        current.wait_stream(self.stream)
+        return total
+
+    def _can_capture(self, optimizer: torch.optim.Optimizer) -> bool:
+        return (not self.failed and isinstance(optimizer, LeanAdam) and self.warm is optimizer
+                and optimizer.capturable())
+
+    def _capture(self, optimizer: LeanAdam, body: Body) -> None:
+        if optimizer.lr_tensor is None:
+            optimizer.lr_tensor = torch.full((), optimizer.param_groups[0]["lr"], dtype=torch.float32,
+                                             device=self.order.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                body(self.order, self.total, self.full)
+        except RuntimeError as exc:  # nothing ran during the capture: continue eagerly
+            self.failed = True
+            optimizer.lr_tensor = None
+            warnings.warn(f"CUDA graph capture failed, training eagerly: {exc}", RuntimeWarning,
+                          stacklevel=3)
+            return
+        self.graph, self.owner = graph, optimizer
+        self.captures += 1
