@@ -54,20 +54,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the training forward (None: fp32). "auto" picks bf16 on CUDA only.
+    """The autocast dtype of the training forward (None: fp32 weights and activations).
 
-    On CUDA small heads are launch-bound and bf16 halves the bytes moved; TF32 is enabled for the fp32
-    matmuls that remain (evaluation, solves). On CPU "auto" stays fp32: see docs/performance.md for the
-    measured bf16 trade-off on 2 cores.
+    "auto" is fp32 everywhere, with TF32 tensor-core matmuls on CUDA. Small heads are bound by kernel
+    launches, not arithmetic: bf16 autocast adds a cast kernel per operand and needs the autograd step,
+    while fp32 keeps the hand-written step and whole-epoch CUDA graphs (``glai_core.graphs``), which
+    remove most launches. "bf16" is there for wide heads where the arithmetic does count. On CPU see
+    docs/performance.md for the measured bf16 trade-off on 2 cores.
     """
     if name not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {name!r}: use auto, fp32 or bf16")
     if device.type == "cuda":  # set both ways: a worker process runs many jobs, fp32 ones included
         torch.backends.cuda.matmul.allow_tf32 = name != "fp32"
         torch.backends.cudnn.allow_tf32 = name != "fp32"
-    if name == "bf16" or (name == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if name == "bf16" else None
 
 
 def _n_classes(data: LoadedData) -> int:

@@ -136,10 +136,12 @@ def test_precision_sets_tf32_both_ways_for_each_cuda_job() -> None:
     cuda = torch.device("cuda")
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        assert resolve_precision("auto", cuda) is torch.bfloat16
+        assert resolve_precision("auto", cuda) is None  # fp32 weights, TF32 matmuls
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert resolve_precision("fp32", cuda) is None
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert resolve_precision("bf16", cuda) is torch.bfloat16 and torch.backends.cuda.matmul.allow_tf32
+        resolve_precision("fp32", cuda)
         assert resolve_precision("auto", torch.device("cpu")) is None  # CPU: fp32, flags untouched
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:

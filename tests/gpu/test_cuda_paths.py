@@ -1,9 +1,11 @@
 """CUDA fast paths against the CPU reference, on real data (sklearn digits).
 
 Covered: the GLAI warm-start invariant, the training loop (device-resident data, ``BatchGather``, fused
-Adam) in fp32, the hand-written steps and ``LeanAdam`` against autograd and torch's Adam, the whole
-pipeline in bf16 autocast + TF32, streaming from pinned host memory (``HostRows``), the bit-packed and
-dense gate caches, the primal and dual ridge solves, and checkpoint resume (pipeline and fused-Adam state).
+Adam) in fp32, the hand-written steps and ``LeanAdam`` against autograd and torch's Adam, whole-epoch CUDA
+graphs against the eager loop (MLP; phase 2 with a linear schedule and backtracking), the whole pipeline
+in "auto" (TF32, graphs) and bf16 autocast, streaming from pinned host memory (``HostRows``), the
+bit-packed and dense gate caches, the primal and dual ridge solves, and checkpoint resume (pipeline and
+fused-Adam state).
 Everything is small: the file runs in well under two minutes on a GPU. ``DEVICE`` is a module constant so
 the test bodies can be exercised on CPU too (set it to ``torch.device("cpu")`` after import and clear
 ``pytestmark``); the CPU reference never uses it.
@@ -12,7 +14,8 @@ the test bodies can be exercised on CPU too (set it to ``torch.device("cpu")`` a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ from glai_core.preprocess import Standardizer
 from glai_core.solvers import quantitative_phase, ridge_fit
 from glai_core.steps import AutogradStep, HandWrittenStep, make_step
 from glai_core.streaming import HostRows, Placement, place
-from glai_core.train import BatchGather, DeviceSet, FitSettings, fit, make_optimizer
+from glai_core.train import BatchGather, DeviceSet, FitResult, FitSettings, fit, make_optimizer
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="no CUDA device is present (torch.cuda.is_available() is False)"),
@@ -180,12 +183,15 @@ def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
 
 # ------------------------------------------------------------------------------------------ (c) pipeline
 
-def test_pipeline_bf16_on_device_matches_cpu_fp32(digits: LoadedData) -> None:
-    """precision "auto" (bf16 autocast + TF32 on CUDA) ends within 2 points of the CPU fp32 pipeline."""
-    assert resolve_precision("auto", DEVICE) is (torch.bfloat16 if DEVICE.type == "cuda" else None)
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_pipeline_on_device_matches_cpu_fp32(digits: LoadedData, precision: str) -> None:
+    """precision "auto" (fp32 + TF32, hand-written steps in CUDA graphs) and "bf16" (autocast, autograd
+    steps) end within 2 points of the CPU fp32 pipeline."""
+    assert resolve_precision("auto", DEVICE) is None
+    assert resolve_precision("bf16", DEVICE) is torch.bfloat16
     reference = run_pipeline(digits, small_config(CPU, "fp32", pruning=True), RecordingHooks())
     hooks = RecordingHooks()
-    result = run_pipeline(digits, small_config(DEVICE, "auto", pruning=True), hooks)
+    result = run_pipeline(digits, small_config(DEVICE, precision, pruning=True), hooks)
     summary = result.summary
     assert result.glai.theta.device.type == DEVICE.type and result.glai.theta.dtype == torch.float32
     assert {"speedup", "glai_accuracy", "baseline_accuracy", "glai_time_to_target_s"} <= set(summary)
@@ -360,3 +366,59 @@ def test_fit_resume_restores_fused_adam_state_on_device(digits_sets: tuple[Devic
         assert a.device.type == DEVICE.type, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert result.best_accuracy == pytest.approx(reference_result.best_accuracy, abs=1.0 / len(val) + 1e-9)
+
+
+# ------------------------------------------------------------------------------------------ (h) CUDA graphs
+
+def _eager_and_graphed(make_model: Callable[[], torch.nn.Module], train: DeviceSet, val: DeviceSet,
+                       settings: FitSettings) -> tuple[list[FitResult], list[torch.nn.Module]]:
+    results, models = [], []
+    for graphs in (False, True):
+        model = make_model()
+        results.append(fit(model, train, val, replace(settings, cuda_graphs=graphs), Hooks(), "phase"))
+        models.append(model)
+    return results, models
+
+
+def _assert_same_training(results: list[FitResult], models: list[torch.nn.Module], n_val: int) -> None:
+    eager, graphed = results
+    assert [h["step"] for h in graphed.history] == [h["step"] for h in eager.history]
+    assert [h.get("lr_scale") for h in graphed.history] == [h.get("lr_scale") for h in eager.history]
+    for a, b in zip(eager.history, graphed.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4), (a, b)
+        assert abs(b["val_accuracy"] - a["val_accuracy"]) <= 1.0 / n_val + 1e-9, (a, b)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_graphed_epochs_train_like_the_eager_loop(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """Epoch 1 runs eagerly (Adam creates its state), epochs 2-6 are graph replays of the 22 full batches
+    plus an eager short last batch (1437 = 22 * 64 + 29): the same losses, accuracies and weights."""
+    if DEVICE.type != "cuda":
+        pytest.skip("CUDA graphs need CUDA")
+    train, val = on(DEVICE, digits_sets)
+    settings = FitSettings(epochs=6, lr=3e-3, batch_size=64, seed=1, keep_best=False)
+    results, models = _eager_and_graphed(lambda: new_mlp([32], DEVICE), train, val, settings)
+    assert results[0].graph_replays == 0 and results[1].graph_replays == 5
+    assert results[1].history[-1]["val_accuracy"] >= 0.9
+    _assert_same_training(results, models, len(val))
+
+
+def test_graphed_phase2_follows_the_schedule_and_backtracking(digits_sets: tuple[DeviceSet, DeviceSet]
+                                                              ) -> None:
+    """Phase 2 on cached gates with a linear schedule (the rate changes every epoch: read from a device
+    scalar at replay) and backtracking (a new optimiser: one eager epoch, then a new capture)."""
+    if DEVICE.type != "cuda":
+        pytest.skip("CUDA graphs need CUDA")
+    train, val = on(DEVICE, digits_sets)
+    structure = new_mlp([24], DEVICE)
+    fit(structure, train, val, FitSettings(epochs=3, lr=3e-3, batch_size=64, seed=1), Hooks(), "structural")
+    train, val = train.with_gates(structure), val.with_gates(structure)
+    # a rate large enough that some epoch improves nothing (on CPU: the 5th of 8)
+    settings = FitSettings(epochs=8, lr=3e-2, batch_size=64, seed=2, schedule="linear", backtrack=True)
+    results, models = _eager_and_graphed(lambda: GLAIBlock.from_structure(structure), train, val, settings)
+    backtracks = [h["step"] for h in results[0].history if "lr_scale" in h]
+    assert backtracks, "no backtracking happened: raise the rate"
+    eager_epochs = 1 + sum(step < settings.epochs for step in backtracks)  # after each new optimiser
+    assert results[1].graph_replays == settings.epochs - eager_epochs
+    _assert_same_training(results, models, len(val))
