@@ -7,12 +7,14 @@
 #      built them; the EfficientNet features do not fit the 64 MiB a call carries)
 #   2. run: command "bash bench/device_check.sh", timeout_s 540, carry ["bench/.cache/device"]
 #      (without the carry the script still runs; tasks whose data is missing are skipped and logged).
-# Steps, each under its own `timeout` (together at most ~9 min), each teed into $OUT/<step>.log:
+# Steps, each under its own `timeout` (together at most 8 min), each teed into $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
-#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log and seeds.log (markdown tables).
+#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log, gpu_budget.log (1M x 768 under
+#   device-memory budgets) and seeds.log (markdown tables).
 #   The last lines printed are the exit codes.
-# Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick bash bench/device_check.sh
+# Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick BUDGET_ARGS="--rows 20000" \
+#   bash bench/device_check.sh
 set -uo pipefail
 
 DATA=${DEVICE_DATA:-bench/.cache/device}  # the carried folder (see --prepare)
@@ -61,12 +63,14 @@ PY=${PYTHON:-python3}
 export BENCH_WIDTH=${BENCH_WIDTH:-200}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-T_PYTEST=${T_PYTEST:-100}
-T_LOOP=${T_LOOP:-60}  # each of the three loop-efficiency runs
-T_GLAI=${T_GLAI:-150}
-T_SEEDS=${T_SEEDS:-90}
+T_PYTEST=${T_PYTEST:-80}
+T_LOOP=${T_LOOP:-45}  # each of the three loop-efficiency runs
+T_GLAI=${T_GLAI:-120}
+T_BUDGET=${T_BUDGET:-70}
+T_SEEDS=${T_SEEDS:-60}
 DEV=${BENCH_DEVICE:-cuda}  # cpu only for a local dry run of the benchmark steps
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # e.g. --quick for a dry run
+read -r -a BUDGET_EXTRA <<< "${BUDGET_ARGS:-}"  # e.g. --rows 20000 for a dry run
 declare -a SUMMARY=()
 
 step() {  # step NAME SECONDS COMMAND...: run under timeout, tee into $OUT/NAME.log, remember the status
@@ -157,6 +161,8 @@ fi
 if [[ $RUN_BENCH -eq 1 ]]; then
     step glai_vs_mlp "$T_GLAI" "$PY" -m bench.glai_vs_mlp --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
+    step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
+        ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
     step seeds "$T_SEEDS" "$PY" -m bench.glai_vs_mlp_seeds --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
 else
