@@ -1,20 +1,22 @@
-"""A training epoch's full batches replayed as one CUDA graph.
+"""A training epoch's batches replayed as one CUDA graph.
 
 On a GPU a small head's step is some twenty kernels of a few microseconds each, and launching them one by
 one from Python costs more than running them. With the hand-written step (``glai_core.steps``) and
 ``LeanAdam`` a step is a fixed sequence of kernels on tensors that stay put: the batch buffers of a
 ``BatchGather`` kept for the whole phase, the gradient buffers, Adam's state and a device copy of the
 learning rate. So the full batches of an epoch are captured once, reading their indices from a device
-buffer that every epoch refills with its new permutation, and each later epoch is one graph launch; the
-short last batch runs eagerly after it. The graph runs exactly the eager loop's kernels, so the result
-is the eager loop's (tested against it on the device).
+buffer that every epoch refills with its new permutation, and each epoch is one graph launch. The graph
+runs exactly the eager loop's kernels in the eager loop's order, so the result is the eager loop's
+(tested against it on the device).
 
-Rules that keep it correct:
+Each epoch: the first batch runs eagerly, then the graph replays batches 2..K, then the short last batch
+(if any) runs eagerly. The eager first step is what makes capture safe without a warm-up epoch: on a
+fresh optimiser it creates Adam's state (a graph cannot allocate it), and it runs every kernel of the step
+once on the capture stream (cuBLAS workspaces, lazily loaded kernels) before the capture records them.
 
-* the first epoch with a fresh optimiser runs eagerly (Adam creates its state there; a graph cannot
-  allocate it), on the same side stream the graph is captured on, which also warms up cuBLAS there;
-* a new optimiser (phase 2's backtracking makes one) means a new capture;
-* the learning rate is read from ``LeanAdam.lr_tensor`` at replay time, so schedules need no recapture;
+* the learning rate is read from ``LeanAdam.lr_tensor`` at replay time, so schedules need no recapture,
+  and phase 2's backtracking restarts Adam in place (``LeanAdam.restart``): one capture per phase;
+* another optimiser object means a new capture;
 * a capture that fails (an unsupported kernel, a driver without graphs) is reported once as a warning and
   the phase continues eagerly: nothing was run by the failed capture.
 
@@ -38,26 +40,26 @@ Body = Callable[[Tensor, Tensor, range], None]
 
 
 class EpochGraph:
-    """Runs epochs of one phase: eagerly until the optimiser's state exists, then as graph replays."""
+    """Runs the epochs of one phase: the first batch eagerly, the other full batches as a graph replay."""
 
     def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
-        self.full = range(0, (n // batch_size) * batch_size, batch_size)
+        self.first = range(0, batch_size)
+        self.full = range(batch_size, (n // batch_size) * batch_size, batch_size)
         self.tail = range(self.full.stop, n, batch_size)
         self.order = torch.empty(n, dtype=torch.long, device=device)
         self.total = torch.zeros((), dtype=torch.float32, device=device)
         self.stream = torch.cuda.Stream(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.owner: LeanAdam | None = None  # the optimiser the graph was captured with
-        self.warm: LeanAdam | None = None  # the optimiser that last ran an eager epoch on self.stream
         self.failed = False
         self.captures = 0
         self.replays = 0
 
     @staticmethod
     def usable(x: object, device: torch.device, hand_written: bool, batch_size: int, n: int) -> bool:
-        """Graphs need CUDA, device-resident rows, the hand-written step and at least one full batch."""
+        """Graphs need CUDA, device-resident rows, the hand-written step and two full batches or more."""
         return (device.type == "cuda" and hand_written and isinstance(x, Tensor) and x.is_cuda
-                and n >= batch_size)
+                and n >= 2 * batch_size)
 
     def run(self, host_order: Tensor, optimizer: torch.optim.Optimizer, body: Body) -> Tensor:
         """One epoch in ``host_order``; returns its summed training loss (a device tensor, no sync)."""
@@ -68,24 +70,21 @@ class EpochGraph:
             self.total.zero_()
             if isinstance(optimizer, LeanAdam) and optimizer.lr_tensor is not None:
                 optimizer.lr_tensor.fill_(optimizer.param_groups[0]["lr"])
+            body(self.order, self.total, self.first)
             if self.graph is not None and self.owner is not optimizer:
                 self.graph, self.owner = None, None  # captured with another optimiser's state
-            if self.graph is None and self._can_capture(optimizer):
-                self._capture(optimizer, body)  # type: ignore[arg-type]
+            if self.graph is None and not self.failed and isinstance(optimizer, LeanAdam) \
+                    and optimizer.capturable():
+                self._capture(optimizer, body)
             if self.graph is not None:
                 self.graph.replay()
                 self.replays += 1
             else:
                 body(self.order, self.total, self.full)
-                self.warm = optimizer if isinstance(optimizer, LeanAdam) else None
             body(self.order, self.total, self.tail)
             total = self.total.clone()
         current.wait_stream(self.stream)
         return total
-
-    def _can_capture(self, optimizer: torch.optim.Optimizer) -> bool:
-        return (not self.failed and isinstance(optimizer, LeanAdam) and self.warm is optimizer
-                and optimizer.capturable())
 
     def _capture(self, optimizer: LeanAdam, body: Body) -> None:
         if optimizer.lr_tensor is None:

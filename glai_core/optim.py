@@ -46,6 +46,16 @@ class LeanAdam(torch.optim.Adam):
                     maximize=False)
         return None
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Forget the moments and the step count in place: the next step is a fresh Adam's first step
+        (the state a fresh optimiser would create, zeros, in the same tensors, so a CUDA graph that
+        captured them stays valid)."""
+        for state in self.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+
     def capturable(self) -> bool:
         """True when ``step`` is one kernel call on tensors that stay put: what a CUDA graph can record."""
         if _KERNEL is None or len(self.param_groups) != 1:

@@ -111,3 +111,28 @@ def test_rate_from_a_device_scalar_is_the_rate_used(digits_sets: tuple[DeviceSet
     two_groups = LeanAdam([{"params": [models[0].layers[0].weight]}, {"params": [models[0].layers[0].bias]}],
                           lr=1e-3)
     assert not two_groups.capturable()  # one rate tensor serves one group only
+
+
+def test_restart_in_place_is_a_fresh_optimiser(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """Backtracking forgets the moments: ``restart`` zeroes them and the step count in the same tensors
+    (a CUDA graph keeps pointing at them) and then trains exactly like a new optimiser."""
+    train, _ = digits_sets
+    torch.manual_seed(4)
+    start = StructuralMLP(64, [32], 10)
+    restarted, renewed, continued = (copy.deepcopy(start) for _ in range(3))
+    lean = LeanAdam(restarted.parameters(), lr=3e-3)
+    _train(restarted, lean, train, 5)
+    first = LeanAdam(renewed.parameters(), lr=3e-3)
+    _train(renewed, first, train, 5)
+    kept = LeanAdam(continued.parameters(), lr=3e-3)
+    _train(continued, kept, train, 5)
+    tensors = [id(t) for s in lean.state.values() for t in s.values()]
+    lean.restart()
+    assert [id(t) for s in lean.state.values() for t in s.values()] == tensors
+    assert all(float(s["step"]) == 0 and not s["exp_avg"].any() for s in lean.state.values())
+    _train(restarted, lean, train, 5, first=5)
+    _train(renewed, LeanAdam(renewed.parameters(), lr=3e-3), train, 5, first=5)
+    _train(continued, kept, train, 5, first=5)
+    for a, b, c in zip(restarted.parameters(), renewed.parameters(), continued.parameters(), strict=True):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)  # keeping the moments trains differently
