@@ -10,8 +10,9 @@
 # Steps, each under its own `timeout` (together at most 8 min), each teed into $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
-#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log, gpu_budget.log (1M x 768 under
-#   device-memory budgets) and seeds.log (markdown tables).
+#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log, seeds.log and gpu_budget.log (1M x
+#   768 under device-memory budgets) (markdown tables). Shorter reruns: LOOP_VARIANTS=graphs and the
+#   T_* step timeouts below.
 #   The last lines printed are the exit codes.
 # Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick BUDGET_ARGS="--rows 20000" \
 #   bash bench/device_check.sh
@@ -139,7 +140,8 @@ fi
 
 # ---------------------------------------------------------------- 2. tests (tests/gpu + CPU core tests)
 step pytest "$T_PYTEST" "$PY" -m pytest -q -rs --durations=15 -p no:cacheprovider \
-    tests/gpu tests/core/test_training.py tests/core/test_steps.py tests/core/test_optim.py
+    tests/gpu tests/core/test_graphs.py tests/core/test_training.py tests/core/test_steps.py \
+    tests/core/test_optim.py
 
 # ---------------------------------------------------------------- 3. loop efficiency
 RUN_BENCH=0
@@ -148,9 +150,11 @@ if [[ $RUN_BENCH -eq 1 ]]; then
     LOOP_TASK=fashion-mnist  # its default task; without it the largest other one
     [[ " ${TASKS[*]} " == *" fashion-mnist "* ]] || LOOP_TASK=${TASKS[-1]}
     LOOP=("$PY" -m bench.loop_efficiency --device "$DEV" --markdown --task "$LOOP_TASK")
-    step loop_graphs "$T_LOOP" "${LOOP[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
-    step loop_eager "$T_LOOP" "${LOOP[@]}" --no-cuda-graphs ${EXTRA[@]+"${EXTRA[@]}"}
-    step loop_bf16 "$T_LOOP" "${LOOP[@]}" --precision bf16 ${EXTRA[@]+"${EXTRA[@]}"}
+    declare -A VARIANT=([graphs]="" [eager]="--no-cuda-graphs" [bf16]="--precision bf16")
+    for name in ${LOOP_VARIANTS:-graphs eager bf16}; do  # e.g. LOOP_VARIANTS=graphs for a short rerun
+        read -r -a flags <<< "${VARIANT[$name]}"
+        step "loop_$name" "$T_LOOP" "${LOOP[@]}" ${flags[@]+"${flags[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+    done
 else
     echo "=== loop_efficiency: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" \
         | tee "$OUT/loop_graphs.log"
@@ -161,10 +165,10 @@ fi
 if [[ $RUN_BENCH -eq 1 ]]; then
     step glai_vs_mlp "$T_GLAI" "$PY" -m bench.glai_vs_mlp --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
-    step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
-        ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
     step seeds "$T_SEEDS" "$PY" -m bench.glai_vs_mlp_seeds --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
+    step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
+        ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
 else
     echo "=== glai_vs_mlp: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" | tee "$OUT/glai_vs_mlp.log"
     SUMMARY+=("glai_vs_mlp skipped")

@@ -39,13 +39,19 @@ from glai_core.optim import LeanAdam
 Body = Callable[[Tensor, Tensor, range], None]
 
 
+def batch_starts(n: int, batch_size: int) -> tuple[range, range, range]:
+    """The eager loop's batch starts ``range(0, n, batch_size)`` cut into the first batch (eager), the
+    other full batches (the graph) and the short last batch (eager; empty when n divides evenly)."""
+    full_stop = (n // batch_size) * batch_size
+    return (range(0, min(batch_size, full_stop), batch_size), range(batch_size, full_stop, batch_size),
+            range(full_stop, n, batch_size))
+
+
 class EpochGraph:
     """Runs the epochs of one phase: the first batch eagerly, the other full batches as a graph replay."""
 
     def __init__(self, n: int, batch_size: int, device: torch.device) -> None:
-        self.first = range(0, batch_size)
-        self.full = range(batch_size, (n // batch_size) * batch_size, batch_size)
-        self.tail = range(self.full.stop, n, batch_size)
+        self.first, self.full, self.tail = batch_starts(n, batch_size)
         self.order = torch.empty(n, dtype=torch.long, device=device)
         self.total = torch.zeros((), dtype=torch.float32, device=device)
         self.stream = torch.cuda.Stream(device)
