@@ -208,6 +208,16 @@ def markdown(columns: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def report(title: str, columns: list[str], rows: list[list[object]], caption: str | None = None,
+           as_markdown: bool = False) -> None:
+    """Print the rich table; with ``as_markdown`` also the markdown table and its caption, to paste."""
+    console.print(table(title, columns, rows, caption))
+    if as_markdown:
+        console.print(markdown(columns, rows), soft_wrap=True)
+        if caption:
+            console.print(caption, soft_wrap=True)
+
+
 def geometric_mean(values: list[float]) -> float | None:
     positive = [v for v in values if v is not None and v > 0]
     if not positive:

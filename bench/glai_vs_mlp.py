@@ -33,10 +33,9 @@ from bench.common import (
     console,
     describe_device,
     geometric_mean,
-    markdown,
     mlp_then_glai,
     pick_device,
-    table,
+    report,
     to_device,
 )
 from glai_core.config import RECOMMENDED_MIN_EPOCHS, TrainConfig
@@ -248,10 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                f"({', '.join(main_tasks)}): {gm_text}; never reached it (no speedup to average): "
                f"{', '.join(missed) or 'none'}; "
                f"{time.perf_counter() - started:.0f} s in all; {describe_device(device)} at the end")
-    console.print(table(title, COLUMNS, rows, caption))
-    if args.markdown:
-        console.print(markdown(COLUMNS, rows), soft_wrap=True)
-        console.print(caption, soft_wrap=True)
+    report(title, COLUMNS, rows, caption, args.markdown)
 
 
 if __name__ == "__main__":

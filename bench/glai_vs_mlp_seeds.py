@@ -28,10 +28,9 @@ from bench.common import (
     console,
     describe_device,
     geometric_mean,
-    markdown,
     mlp_then_glai,
     pick_device,
-    table,
+    report,
     to_device,
 )
 from glai_core.config import TrainConfig
@@ -104,10 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         gm_text += f"; over the tasks whose median reached it ({', '.join(reached)}): {partial:.2f}x"
     caption = (f"geometric mean of the per-task median speedups over {', '.join(medians)}: {gm_text}; "
                f"{time.perf_counter() - started:.0f} s in all; {describe_device(device)} at the end")
-    console.print(table(title, COLUMNS, rows, caption))
-    if args.markdown:
-        console.print(markdown(COLUMNS, rows), soft_wrap=True)
-        console.print(caption, soft_wrap=True)
+    report(title, COLUMNS, rows, caption, args.markdown)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import console, describe_device, markdown, pick_device, sync, table
+from bench.common import console, describe_device, pick_device, report, timed
 from glai_core.hooks import Hooks
 from glai_core.model import GLAIBlock, StructuralMLP, match_parameters
 from glai_core.streaming import peak_rss_bytes, place, reset_peak_rss
@@ -50,14 +49,6 @@ def write_x(path: Path, rows: int, seed: int = 0, block_rows: int = 65536) -> np
     return labels
 
 
-def _timed(device: torch.device, fn):  # noqa: ANN001, ANN202
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
-
-
 def run_budget(path: Path, labels: np.ndarray, budget: int | None, device: torch.device,
                batch_size: int) -> list[object]:
     x = np.load(path, mmap_mode="r")
@@ -65,25 +56,28 @@ def run_budget(path: Path, labels: np.ndarray, budget: int | None, device: torch
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    placement, place_s = _timed(device, lambda: place(x, labels, None, None, n_classes=CLASSES,
-                                                      validation_fraction=0.1, seed=0, device=device,
-                                                      budget_bytes=budget))
+    with timed(device) as place_s:
+        placement = place(x, labels, None, None, n_classes=CLASSES, validation_fraction=0.1, seed=0,
+                          device=device, budget_bytes=budget)
     match = match_parameters(D, [128], CLASSES)
     torch.manual_seed(0)
     structure = StructuralMLP(D, match.glai_hidden, CLASSES).to(device)
     settings = FitSettings(epochs=1, lr=1e-3, batch_size=batch_size, keep_best=False)
-    _, s_s = _timed(device, lambda: fit(structure, placement.train, placement.val, settings, Hooks(), "S"))
-    (train, val), gates_s = _timed(device, lambda: (placement.train.with_gates(structure),
-                                                    placement.val.with_gates(structure)))
+    with timed(device) as s_s:
+        fit(structure, placement.train, placement.val, settings, Hooks(), "S")
+    with timed(device) as gates_s:
+        train, val = placement.train.with_gates(structure), placement.val.with_gates(structure)
     block = GLAIBlock.from_structure(structure)
     q_settings = FitSettings(epochs=1, lr=3e-4, batch_size=batch_size, keep_best=False)
-    q, q_s = _timed(device, lambda: fit(block, train, val, q_settings, Hooks(), "quantitative"))
+    with timed(device) as q_s:
+        q = fit(block, train, val, q_settings, Hooks(), "quantitative")
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     data = placement.data_bytes
     rss = peak_rss_bytes()
     return [_gb(placement.budget_bytes), placement.mode, _gb(data), "n/a" if peak is None else _gb(peak),
             "-" if peak is None or not placement.budget_bytes else f"{peak / placement.budget_bytes:.2f}",
-            _gb(rss), f"{rss / data:.2f}x", place_s, s_s, gates_s, q_s, q.history[-1]["val_accuracy"]]
+            _gb(rss), f"{rss / data:.2f}x", place_s[0], s_s[0], gates_s[0], q_s[0],
+            q.history[-1]["val_accuracy"]]
 
 
 def _gb(value: float | None) -> str:
@@ -105,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     console.print(title)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "X.npy"
-        labels, write_s = _timed(device, lambda: write_x(path, args.rows))
-        console.print(f"  wrote {path.stat().st_size / 1e9:.2f} GB in {write_s:.1f} s")
+        with timed(device) as write_s:
+            labels = write_x(path, args.rows)
+        console.print(f"  wrote {path.stat().st_size / 1e9:.2f} GB in {write_s[0]:.1f} s")
         warm = Path(tmp) / "warm.npy"  # one small run first: CUDA's and cuBLAS's one-off start-up costs
         run_budget(warm, write_x(warm, 4 * args.batch_size), None, device, args.batch_size)
         warm.unlink()
@@ -114,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for budget in args.budgets:
             rows.append(run_budget(path, labels, int(budget) or None, device, args.batch_size))
             console.print(f"  budget {rows[-1][0]}: {rows[-1][1]}, device peak {rows[-1][3]}")
-    console.print(table(title, COLUMNS, rows))
-    if args.markdown:
-        console.print(markdown(COLUMNS, rows), soft_wrap=True)
+    report(title, COLUMNS, rows, as_markdown=args.markdown)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from bench.common import TASKS, console, describe_device, markdown, pick_device, sync, table, to_device
+from bench.common import TASKS, console, describe_device, pick_device, report, sync, to_device
 from bench.plain_loop import plain_mlp, plain_train
 from glai_core.hooks import Hooks
 from glai_core.model import GLAIBlock, StructuralMLP, match_parameters
@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(args)
     caption = (f"precision {args.precision} -> {resolve_precision(args.precision, device)}; "
                f"{describe_device(device)} at the end")
-    console.print(table(title, COLUMNS, rows, caption))
-    if args.markdown:
-        console.print(markdown(COLUMNS, rows), soft_wrap=True)
+    report(title, COLUMNS, rows, caption, args.markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ _KERNEL = getattr(torch, "_fused_adam_", None)  # the kernel Adam(fused=True) ca
 class LeanAdam(torch.optim.Adam):
     def __init__(self, params, lr: float, weight_decay: float = 0.0) -> None:  # noqa: ANN001
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
-        self.lr_tensor: torch.Tensor | None = None
+        self.lr_tensor: torch.Tensor | None = None  # set only where capturable(): one param group
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
@@ -64,7 +64,7 @@ class LeanAdam(torch.optim.Adam):
         return self._direct(group, group["params"], [self.state.get(p) for p in group["params"]])
 
     def _lr(self, group: dict) -> float | torch.Tensor:
-        return group["lr"] if self.lr_tensor is None or len(self.param_groups) != 1 else self.lr_tensor
+        return group["lr"] if self.lr_tensor is None else self.lr_tensor
 
     @staticmethod
     def _direct(group: dict, params: list[torch.Tensor], states: list) -> bool:
