@@ -234,9 +234,11 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
         hooks.on_phase_start(phase)
     started = time.monotonic() - state.seconds
     step_fn = make_step(model, settings.autocast, gates_cached=train.gates is not None)
+    rows = _rows_for_step(train, step_fn)
     gather = BatchGather()  # batch buffers for the whole phase (a CUDA graph reads them in place)
     graph = None
-    hand_written = isinstance(step_fn, HandWrittenStep)
+    # graphs are verified on a GPU for the fp32 hand-written step only (tests/gpu)
+    hand_written = isinstance(step_fn, HandWrittenStep) and step_fn.low is None
     if settings.cuda_graphs and EpochGraph.usable(train.x, train.y.device, hand_written, settings.batch_size,
                                                   len(train)):
         graph = EpochGraph(len(train), settings.batch_size, train.y.device)
@@ -245,7 +247,7 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
         step = state.step + 1
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(step) * state.extra.get("lr_scale", 1.0)
-        loss_sum = _train_epoch(train, optimizer, step_fn, settings.batch_size, generator, hooks,
+        loss_sum = _train_epoch(rows, optimizer, step_fn, settings.batch_size, generator, hooks,
                                 settings.poll_seconds, gather, graph)
         metrics = evaluate_point(model, train, val, loss_sum)
         if epoch_metrics is not None:
@@ -271,6 +273,17 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     if graph is not None:
         result.graph_captures, result.graph_replays = graph.captures, graph.replays
     return result
+
+
+def _rows_for_step(train: DeviceSet, step: Step) -> DeviceSet:
+    """The training rows the steps gather from: for a bf16 step on CPU a bf16 copy of the split, made
+    once per phase. A random batch is memory-bound there: gathering half the bytes and casting nothing
+    saves ~65 us of S's ~430 us step (Fashion-MNIST, 2 cores). Evaluation keeps the fp32 rows. Not on
+    CUDA, where the copy would sit outside the device-memory budget and the cast is one small kernel."""
+    low = step.low if isinstance(step, HandWrittenStep) else None
+    if low is None or not isinstance(train.x, Tensor) or train.x.device.type != "cpu":
+        return train
+    return DeviceSet(train.x.to(low.dtype), train.y, train.gates)
 
 
 def _update_best(model: nn.Module, step: int, metrics: dict[str, float], best: Best, state: PhaseState,

@@ -128,7 +128,8 @@ def test_hand_written_only_where_it_is_exact(digits_sets: tuple[DeviceSet, Devic
     train, _ = digits_sets
     structure = StructuralMLP(64, [20], 10)
     assert supports_hand_written(structure, None, gates_cached=False)
-    assert not supports_hand_written(structure, torch.bfloat16, gates_cached=False)  # autocast
+    assert supports_hand_written(structure, torch.bfloat16, gates_cached=False)  # mixed precision
+    assert not supports_hand_written(structure, torch.float16, gates_cached=False)
     block = GLAIBlock.from_structure(structure)
     assert supports_hand_written(block, None, gates_cached=True)
     assert not supports_hand_written(block, None, gates_cached=False)  # gates computed on the fly
@@ -142,3 +143,68 @@ def test_hand_written_only_where_it_is_exact(digits_sets: tuple[DeviceSet, Devic
     assert not supports_hand_written(frozen, None, gates_cached=False)
     with pytest.raises(ValueError, match="no hand-written step"):
         HandWrittenStep(deep)
+
+
+# ------------------------------------------------------------------ bf16 mixed precision (autocast's)
+
+@pytest.mark.parametrize("hidden", [[32], [24, 16]])
+def test_bf16_mlp_step_matches_autograd_under_autocast(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                       hidden: list[int]) -> None:
+    """bf16 products on bf16 copies, fp32 loss and gradient buffers: autocast's gradients, and far from
+    fp32's only by bf16 rounding."""
+    train, _ = digits_sets
+    torch.manual_seed(0)
+    reference, ours = _pair(StructuralMLP(64, hidden, 10))
+    fp32 = copy.deepcopy(reference)
+    x, y = train.x[:200], train.y[:200]
+    ref_loss = AutogradStep(reference, torch.bfloat16)(x, y, None, _NoStep(reference.parameters()))
+    step = HandWrittenStep(ours, torch.bfloat16)
+    our_loss = step(x, y, None, _NoStep(ours.parameters()))
+    assert all(p.grad.dtype == torch.float32 for p in ours.parameters())  # Adam sees fp32 gradients
+    assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-3)
+    for got, want in zip(_grads(ours), _grads(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+    AutogradStep(fp32)(x, y, None, _NoStep(fp32.parameters()))
+    weight_grad = ours.layers[0].weight.grad
+    assert not torch.equal(weight_grad, fp32.layers[0].weight.grad)  # the products really ran in bf16
+    torch.testing.assert_close(weight_grad, fp32.layers[0].weight.grad, rtol=5e-2, atol=5e-3)
+
+
+def test_bf16_glai_step_matches_autograd_under_autocast(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    train, _ = digits_sets
+    structure = _trained_structure(train, [20])
+    reference, ours = GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure)
+    x, y = train.x[:300], train.y[:300]
+    gates = GateCache.build(structure, x).take(slice(0, 300))
+    ref_loss = AutogradStep(reference, torch.bfloat16)(x, y, gates, _NoStep(_trainable(reference)))
+    our_loss = HandWrittenStep(ours, torch.bfloat16)(x, y, gates, _NoStep(_trainable(ours)))
+    assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-3)
+    assert ours.theta.grad.abs().sum() > 0
+    for got, want in zip(_grads(ours), _grads(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "glai"])
+def test_bf16_training_tracks_fp32(digits_sets: tuple[DeviceSet, DeviceSet], kind: str) -> None:
+    """Whole fits: the bf16 hand-written loop keeps fp32 weights and ends within a point of fp32's
+    validation accuracy, from the same start and shuffles."""
+    train, val = digits_sets
+    if kind == "mlp":
+        torch.manual_seed(0)
+        fp32, ours = _pair(StructuralMLP(64, [32], 10))
+        train_set, val_set = train, val
+    else:
+        structure = _trained_structure(train, [20])
+        fp32, ours = GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure)
+        train_set, val_set = train.with_gates(structure), val.with_gates(structure)
+    step = make_step(ours, torch.bfloat16, gates_cached=True)
+    assert isinstance(step, HandWrittenStep) and step.low is not None
+    settings = FitSettings(epochs=5, lr=1e-3, batch_size=64, seed=2, keep_best=False)
+    want = fit(fp32, train_set, val_set, settings, Hooks(), "baseline")
+    got = fit(ours, train_set, val_set, FitSettings(**{**settings.__dict__, "autocast": torch.bfloat16}),
+              Hooks(), "baseline")
+    assert all(p.dtype == torch.float32 for p in ours.parameters())
+    assert got.history[-1]["val_accuracy"] == pytest.approx(want.history[-1]["val_accuracy"], abs=0.01)
+    assert got.history[-1]["val_accuracy"] > got.history[0]["val_accuracy"] - 1e-9  # it trained
+    first, first_fp32 = next(ours.parameters()), next(fp32.parameters())
+    assert not torch.equal(first, first_fp32)  # bf16 rounding shows: not the fp32 run in disguise
