@@ -257,6 +257,11 @@ class JobCreate(In):
     backbone: Literal["minilm", "efficientnet-lite0"] | None = Field(
         None, description="Frozen backbone that embeds a raw dataset first: `minilm` for kind `text`, "
         "`efficientnet-lite0` for kind `images`; null for `features`.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Arithmetic of the training steps; weights, Adam, evaluation and closed-form "
+        "solves stay fp32/fp64. `auto`: TF32 matmuls on a GPU, bf16 products on CPUs with bf16 hardware "
+        "(AVX-512 BF16, AMX), else fp32. `fp32` for results that do not depend on the hardware's "
+        "precision. The job's summary reports what ran as `training_precision`.")
     validation_fraction: float = Field(0.2, gt=0, lt=1,
                                        description="Share held out for validation when the dataset has no "
                                        "validation split of its own.")

@@ -121,9 +121,10 @@ class TrainConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available, else CPU
-    # Training precision: "auto" = fp32 weights with TF32 matmuls on CUDA, plain fp32 on CPU; "bf16" adds
-    # bf16 autocast to the training forward, "fp32" disables both. Evaluation and closed-form solves stay
-    # fp32/fp64.
+    # Training precision: "auto" = fp32 weights with TF32 matmuls on CUDA; on CPU bf16 products where the
+    # CPU has bf16 arithmetic (AVX-512 BF16, AMX), else fp32. "bf16" asks for bf16 products (mixed
+    # precision: fp32 weights, gradients and Adam), "fp32" for neither. Evaluation and closed-form solves
+    # stay fp32/fp64.
     precision: str = "auto"
     validation_fraction: float = 0.2  # held out (stratified, seeded) when the data has no validation split
     # Bytes the training data (both splits) may take on the device; above it batches are gathered from

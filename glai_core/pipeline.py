@@ -53,21 +53,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the training forward (None: fp32 weights and activations).
+def native_bf16_cpu() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
-    "auto" is fp32 everywhere, with TF32 tensor-core matmuls on CUDA. Small heads are bound by kernel
-    launches, not arithmetic: bf16 autocast adds a cast kernel per operand and needs the autograd step,
-    while fp32 keeps the hand-written step and whole-epoch CUDA graphs (``glai_core.graphs``), which
-    remove most launches. "bf16" is there for wide heads where the arithmetic does count. On CPU see
-    docs/performance.md for the measured bf16 trade-off on 2 cores.
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The compute dtype of the training steps (None: fp32); weights, gradients, Adam, evaluation and
+    closed-form solves stay fp32/fp64 whatever it is.
+
+    "auto" is what measured fastest at the same accuracy (docs/performance.md):
+    * CUDA: fp32 with TF32 tensor-core matmuls. Small heads are bound by kernel launches there, and fp32
+      keeps whole-epoch CUDA graphs (``glai_core.graphs``), which remove most of them.
+    * CPU with native bf16: bf16 products (mixed precision, hand-written steps), 2.4-3.3x the plain fp32
+      loop per epoch on 2 cores at the same validation accuracy; fp32 alone reached 1.2-1.6x.
+    * other CPUs: fp32. Without bf16 hardware the casts cost more than they save (0.4-0.6x measured).
     """
     if name not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {name!r}: use auto, fp32 or bf16")
     if device.type == "cuda":  # set both ways: a worker process runs many jobs, fp32 ones included
         torch.backends.cuda.matmul.allow_tf32 = name != "fp32"
         torch.backends.cudnn.allow_tf32 = name != "fp32"
-    return torch.bfloat16 if name == "bf16" else None
+    if name == "bf16" or (name == "auto" and device.type == "cpu" and native_bf16_cpu()):
+        return torch.bfloat16
+    return None
+
+
+def precision_label(autocast: torch.dtype | None, device: torch.device) -> str:
+    """What the training products ran in: "bf16", "tf32" or "fp32" (for summaries and logs)."""
+    if autocast is not None:
+        return "bf16"
+    return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
 
 
 def _n_classes(data: LoadedData) -> int:
@@ -115,6 +132,7 @@ def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> Pipelin
     if baseline is not None:
         histories["baseline"] = baseline.history
     summary = build_summary(match, structural, quant, baseline, pruned)
+    summary["training_precision"] = precision_label(autocast, device)
     return PipelineResult(match=match, standardizer=standardizer, structure=structure, glai=block,
                           pruned=pruned, summary=summary, histories=histories,
                           baseline=None if baseline is None else baseline.model)  # type: ignore[arg-type]
@@ -284,4 +302,4 @@ def build_summary(match: ParameterMatch, structural: FitResult, quant: FitResult
 
 __all__ = ["PipelineResult", "run_pipeline", "structural_phase", "baseline_phase", "pruning_phase",
            "time_to_target", "build_summary", "stability_rule", "resolve_device", "resolve_precision",
-           "PhaseState"]
+           "native_bf16_cpu", "precision_label", "PhaseState"]

@@ -40,6 +40,7 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
                          "reduction_factor": None if r == "auto" else float(r)},
         "structural": body.structural.model_dump(), "quantitative": body.quantitative.model_dump(),
         "pruning": body.pruning.model_dump(), "baseline": body.baseline.model_dump(), "seed": body.seed,
+        "precision": body.precision,
     })
     spec = {"config": config.to_dict(), "backbone": body.backbone,
             "validation_fraction": body.validation_fraction}

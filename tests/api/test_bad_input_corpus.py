@@ -545,6 +545,7 @@ JOB_CASES = [
     JobCase("seed-too-big", {"seed": 2**31}, 422, ["2147483647"], "seed"),
     JobCase("validation-zero", {"validation_fraction": 0}, 422, [], "validation_fraction"),
     JobCase("validation-one", {"validation_fraction": 1}, 422, [], "validation_fraction"),
+    JobCase("precision-unknown", {"precision": "fp16"}, 422, ["'bf16'"], "precision"),
     JobCase("solver-unknown", {"quantitative": {"solver": "sgd"}}, 422, ["'adam'"], "quantitative.solver"),
     JobCase("probe-huge", {"structural": {"probe_size": 10**9}}, 422, [], "structural.probe_size"),
     JobCase("patience-zero", {"baseline": {"patience": 0}}, 422, [], "baseline.patience"),

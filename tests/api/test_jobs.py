@@ -30,8 +30,15 @@ def test_submit_commits_then_enqueues_with_defaults(api: Api) -> None:
     assert config["structural"]["max_epochs"] == 3
     assert config["structural"]["lr"] == StructuralConfig().lr  # defaults come from glai_core
     assert job["spec"]["backbone"] is None and job["spec"]["validation_fraction"] == 0.2
+    assert config["precision"] == "auto"
     assert [(t["from_value"], t["to_value"]) for t in job["transitions"]] == [(None, "queued")]
     assert job["links"]["curves"] == f"/v1/jobs/{job['id']}/curves"
+
+
+def test_precision_is_stored_in_the_config(api: Api) -> None:
+    response = submit(api, dataset_id(api), precision="fp32")
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["config"]["precision"] == "fp32"
 
 
 def test_idempotency_same_body_same_job_different_body_409(api: Api) -> None:

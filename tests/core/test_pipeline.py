@@ -11,13 +11,14 @@ from glai_core.config import TrainConfig
 from glai_core.data import LoadedData, builtin
 from glai_core.hooks import Cancelled, RecordingHooks
 from glai_core.metrics import evaluate
-from glai_core.pipeline import resolve_precision, run_pipeline, time_to_target
+from glai_core.pipeline import native_bf16_cpu, resolve_precision, run_pipeline, time_to_target
 
 SUMMARY_KEYS = {
     "glai_accuracy", "structure_accuracy", "warm_start_accuracy", "baseline_accuracy", "pruned",
     "structural_epochs", "baseline_epochs", "glai_seconds", "baseline_seconds", "target_accuracy",
     "glai_time_to_target_s", "baseline_time_to_target_s", "speedup", "reduction_factor", "glai_hidden",
     "reference_hidden", "mlp_params", "glai_trainable_params", "structure_params", "stopped_by",
+    "training_precision",
 }
 TIMING_KEYS = {"glai_seconds", "baseline_seconds", "glai_time_to_target_s", "baseline_time_to_target_s",
                "speedup"}
@@ -52,6 +53,7 @@ def test_pipeline_on_digits(digits: LoadedData) -> None:
     assert summary["glai_accuracy"] >= summary["warm_start_accuracy"]
     assert summary["baseline_accuracy"] >= 0.85
     assert summary["stopped_by"] in ("threshold", "max_epochs")
+    assert summary["training_precision"] == ("bf16" if native_bf16_cpu() else "fp32")  # "auto" on CPU
     assert summary["glai_hidden"] == result.match.glai_hidden and summary["reference_hidden"] == [64]
     assert abs(summary["glai_trainable_params"] - summary["mlp_params"]) / summary["mlp_params"] < 0.1
     assert summary["target_accuracy"] == pytest.approx(summary["baseline_accuracy"] - 0.005)
@@ -73,6 +75,17 @@ def test_pipeline_on_digits(digits: LoadedData) -> None:
     if summary["speedup"] is not None:
         assert summary["speedup"] == pytest.approx(
             summary["baseline_time_to_target_s"] / summary["glai_time_to_target_s"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_explicit_precision_is_what_runs(digits: LoadedData, precision: str) -> None:
+    """Either precision reaches the same accuracy on digits, and the summary says which one ran."""
+    config = small_config([64], baseline=True)
+    config.precision = precision
+    result = run_pipeline(digits, config, RecordingHooks())
+    assert result.summary["training_precision"] == precision
+    assert result.summary["glai_accuracy"] >= 0.95 and result.summary["baseline_accuracy"] >= 0.85
+    assert all(p.dtype == torch.float32 for p in result.glai.parameters())  # fp32 weights either way
 
 
 def test_time_to_target_runs_phases_back_to_back() -> None:
@@ -142,7 +155,7 @@ def test_precision_sets_tf32_both_ways_for_each_cuda_job() -> None:
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert resolve_precision("bf16", cuda) is torch.bfloat16 and torch.backends.cuda.matmul.allow_tf32
         resolve_precision("fp32", cuda)
-        assert resolve_precision("auto", torch.device("cpu")) is None  # CPU: fp32, flags untouched
+        resolve_precision("auto", torch.device("cpu"))  # CPU: TF32 flags untouched
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

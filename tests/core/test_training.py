@@ -161,7 +161,7 @@ def test_linear_schedule_is_a_function_of_the_step() -> None:
 
 
 def test_bf16_autocast_keeps_predictions(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
-    """The reduced-precision forward (GPU default, CPU option) trains to the same predictions within
+    """bf16 products (the default on CPUs with bf16 arithmetic) train to the same predictions within
     tolerance; weights and evaluation stay fp32."""
     train, val = digits_sets
     models = []

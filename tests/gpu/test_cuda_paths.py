@@ -185,14 +185,15 @@ def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
 
 @pytest.mark.parametrize("precision", ["auto", "bf16"])
 def test_pipeline_on_device_matches_cpu_fp32(digits: LoadedData, precision: str) -> None:
-    """precision "auto" (fp32 + TF32, hand-written steps in CUDA graphs) and "bf16" (autocast, autograd
-    steps) end within 2 points of the CPU fp32 pipeline."""
+    """precision "auto" (fp32 + TF32, hand-written steps in CUDA graphs) and "bf16" (hand-written
+    mixed-precision steps, eager) end within 2 points of the CPU fp32 pipeline."""
     assert resolve_precision("auto", DEVICE) is None
     assert resolve_precision("bf16", DEVICE) is torch.bfloat16
     reference = run_pipeline(digits, small_config(CPU, "fp32", pruning=True), RecordingHooks())
     hooks = RecordingHooks()
     result = run_pipeline(digits, small_config(DEVICE, precision, pruning=True), hooks)
     summary = result.summary
+    assert summary["training_precision"] == ("tf32" if precision == "auto" else "bf16")
     assert result.glai.theta.device.type == DEVICE.type and result.glai.theta.dtype == torch.float32
     assert {"speedup", "glai_accuracy", "baseline_accuracy", "glai_time_to_target_s"} <= set(summary)
     assert summary["speedup"] is None or summary["speedup"] > 0

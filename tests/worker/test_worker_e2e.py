@@ -36,7 +36,7 @@ SUMMARY_KEYS = {"glai_accuracy", "structure_accuracy", "warm_start_accuracy", "b
                 "structural_epochs", "baseline_epochs", "glai_seconds", "baseline_seconds", "target_accuracy",
                 "glai_time_to_target_s", "baseline_time_to_target_s", "speedup", "reduction_factor",
                 "glai_hidden", "reference_hidden", "mlp_params", "glai_trainable_params", "structure_params",
-                "stopped_by"}
+                "stopped_by", "training_precision"}
 # Long enough to act on mid-phase (a few seconds of structural epochs), short enough for CI.
 LONG_STRUCTURAL = {"max_epochs": 1000, "threshold": 0.0, "batch_size": 64}  # far longer than the test waits
 
