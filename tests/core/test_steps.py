@@ -208,3 +208,26 @@ def test_bf16_training_tracks_fp32(digits_sets: tuple[DeviceSet, DeviceSet], kin
     assert got.history[-1]["val_accuracy"] > got.history[0]["val_accuracy"] - 1e-9  # it trained
     first, first_fp32 = next(ours.parameters()), next(fp32.parameters())
     assert not torch.equal(first, first_fp32)  # bf16 rounding shows: not the fp32 run in disguise
+
+
+def test_bf16_rows_copied_or_cast_per_batch_train_alike(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small split is gathered from a bf16 copy, a large one (over LOW_COPY_MAX_BYTES) cast per batch:
+    rounding to bf16 before or after the gather is the same rounding, so the weights are identical."""
+    import glai_core.train as train_module
+
+    train, val = digits_sets
+    step = make_step(StructuralMLP(64, [32], 10), torch.bfloat16, gates_cached=False)
+    assert train_module._rows_for_step(train, step).x.dtype == torch.bfloat16
+    settings = FitSettings(epochs=2, lr=1e-3, batch_size=64, seed=3, keep_best=False, autocast=torch.bfloat16)
+    weights = []
+    for limit in (train_module.LOW_COPY_MAX_BYTES, 0):
+        monkeypatch.setattr(train_module, "LOW_COPY_MAX_BYTES", limit)
+        if limit == 0:
+            assert train_module._rows_for_step(train, step).x is train.x
+        torch.manual_seed(0)
+        model = StructuralMLP(64, [32], 10)
+        fit(model, train, val, settings, Hooks(), "baseline")
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for copied, cast in zip(*weights, strict=True):
+        assert torch.equal(copied, cast)
