@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         default=300.0, description="A queued job no worker claimed for this long is sent to the queue "
                                    "again (a lost message: API crash before the send, broker restart "
                                    "without persistence). 0 disables.")
+    checkpoint_interval_s: float = Field(
+        default=10.0, ge=0, description="A phase checkpoints after an epoch once this long has passed since "
+        "its last checkpoint, when it finishes and when a stop is requested between epochs; a lost worker's "
+        "job resumes from there. 0: after every epoch.")
     cancel_grace_s: float = Field(
         default=30.0, description="A running job not stopped this long after a cancel request is "
                                   "interrupted inside its current step.")

@@ -33,9 +33,16 @@ class Event:
 
 
 class Hooks:
-    """Override what you need. ``checkpoint_dir`` set: each phase saves there and resumes from there."""
+    """Override what you need. ``checkpoint_dir`` set: each phase saves there and resumes from there.
+
+    ``checkpoint_interval_s``: a phase checkpoints after an epoch once this long has passed since its
+    last checkpoint (0: after every epoch), and always when it finishes or is asked to stop between
+    epochs. Small heads train an epoch in tens of milliseconds, where a checkpoint per epoch costs more
+    than the few seconds of work a crash could lose.
+    """
 
     checkpoint_dir: Path | None = None
+    checkpoint_interval_s: float = 0.0
 
     def on_phase_start(self, phase: str) -> None:
         """Called when a phase begins (or resumes)."""
@@ -56,6 +63,7 @@ class RecordingHooks(Hooks):
     """Keeps every event in memory: handy in notebooks and tests."""
 
     checkpoint_dir: Path | None = None
+    checkpoint_interval_s: float = 0.0
     events: list[Event] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
     summaries: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -8,7 +8,8 @@ parameter on CUDA and on CPU), accumulates the training loss on the device and s
 host once per epoch (together with the batched evaluation). On CUDA, with the hand-written step, an
 epoch's full batches are one CUDA graph launch (``glai_core.graphs``). ``hooks.should_stop``
 is polled at most every ``poll_seconds`` inside an epoch and after every epoch; the checkpoint written at
-the end of each epoch is what a resume continues from, so a mid-epoch cancel only loses that epoch.
+the end of an epoch (every epoch, or every ``hooks.checkpoint_interval_s``) is what a resume continues
+from, so a mid-epoch cancel loses that epoch and any finished since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     ``state``/``best`` seed a phase that already has steps (e.g. phase 2's warm start and ridge solve):
     the loop continues after ``state.step`` and never returns weights worse on validation than ``best``.
     ``epoch_metrics`` adds phase-specific curve points; ``stop_rule`` ends the phase early with a reason.
-    The checkpoint is written after every epoch, before the event, and marked finished at the end.
+    The checkpoint is written after an epoch (each one, or once ``hooks.checkpoint_interval_s`` has
+    passed), before its event, when a stop is requested between epochs, and marked finished at the end.
     """
     state = state or PhaseState()
     best = best or Best()
@@ -244,6 +246,7 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
                                                   len(train)):
         graph = EpochGraph(len(train), settings.batch_size, train.y.device)
     stopped_by = state.stopped_by or ("max_epochs" if state.step >= settings.epochs else None)
+    last_saved = time.monotonic()
     while stopped_by is None:
         step = state.step + 1
         for group in optimizer.param_groups:
@@ -265,9 +268,14 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
             stopped_by = stop_rule(state.history)
         if stopped_by is None and step >= settings.epochs:
             stopped_by = "max_epochs"
-        _save(checkpoint, state, model, optimizer, best, generator, stopped_by, settings.keep_best)
+        saved = stopped_by is not None or time.monotonic() - last_saved >= hooks.checkpoint_interval_s
+        if saved:
+            _save(checkpoint, state, model, optimizer, best, generator, stopped_by, settings.keep_best)
+            last_saved = time.monotonic()
         emit(hooks, phase, step, settings.epochs, metrics, state.seconds)
         if stopped_by is None and hooks.should_stop():
+            if not saved:  # a stop between epochs keeps every finished epoch
+                _save(checkpoint, state, model, optimizer, best, generator, None, settings.keep_best)
             raise Cancelled(f"{phase} stopped after step {step}")
     model.zero_grad(set_to_none=True)  # the step's gradient buffers are not part of the result
     result = _result(model, state, resumed=resumed)

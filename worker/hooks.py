@@ -30,9 +30,10 @@ class DatabaseHooks(Hooks):
     """
 
     def __init__(self, reporter: JobReporter, checkpoint_dir: Path | None, deadline: float,
-                 shutdown: threading.Event | None = None) -> None:
+                 shutdown: threading.Event | None = None, checkpoint_interval_s: float = 0.0) -> None:
         self.reporter = reporter
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.deadline = deadline  # time.monotonic() value
         self.shutdown = shutdown
         self.stop_reason: str | None = None

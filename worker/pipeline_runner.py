@@ -143,7 +143,8 @@ def execute_job(ctx: WorkerContext, job_id: str, shutdown: threading.Event | Non
     checkpoints = ctx.storage.local_path(f"jobs/{job_id}/checkpoints")
     checkpoints.mkdir(parents=True, exist_ok=True)
     remaining = claimed.time_limit_s - claimed.elapsed_s
-    hooks = DatabaseHooks(reporter, checkpoints, time.monotonic() + remaining, shutdown)
+    hooks = DatabaseHooks(reporter, checkpoints, time.monotonic() + remaining, shutdown,
+                          settings.checkpoint_interval_s)
     reporter.log(f"attempt {claimed.attempts} on {worker_id}"
                  + (f" ({claimed.elapsed_s:.0f} s of the {claimed.time_limit_s} s limit used before)"
                     if claimed.elapsed_s else ""))

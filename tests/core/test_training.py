@@ -246,3 +246,42 @@ def test_path_block_under_bf16_autocast_stays_close_to_fp32(digits_sets: tuple[D
         assert low.dtype == torch.float32
         assert ((low - reference).norm() / reference.norm()).item() < 1e-2, hidden
         assert (low.argmax(1) == reference.argmax(1)).float().mean() >= 0.97, hidden
+
+
+def test_checkpoint_interval_saves_on_finish_and_on_stop(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                         tmp_path: Path) -> None:
+    """With an interval longer than the phase no epoch checkpoints on its own; a stop between epochs
+    still saves the last finished one, and the resumed run ends where an uninterrupted one does."""
+    path = tmp_path / "baseline.safetensors"
+    reference = new_model()
+    fit(reference, *digits_sets, SETTINGS, Hooks(), "baseline")
+
+    quiet = SeesCheckpoint(path, checkpoint_dir=tmp_path, checkpoint_interval_s=3600.0)
+    fit(new_model(), *digits_sets, FitSettings(**{**SETTINGS.__dict__, "epochs": 3}), quiet, "baseline",
+        checkpoint=path)
+    assert quiet.seen == [False, False, True]  # at the events of epochs 1, 2 and 3 (the last)
+    saved = load_checkpoint(path)
+    assert saved is not None and saved.state.finished and saved.state.step == 3  # the phase's end
+    path.unlink()
+
+    hooks = RecordingHooks(checkpoint_dir=tmp_path, checkpoint_interval_s=3600.0, stop_after=2)
+    with pytest.raises(Cancelled):
+        fit(new_model(), *digits_sets, SETTINGS, hooks, "baseline", checkpoint=path)
+    saved = load_checkpoint(path)
+    assert saved is not None and saved.state.step == 2 and not saved.state.finished
+    model = new_model(seed=123)
+    fit(model, *digits_sets, SETTINGS, RecordingHooks(checkpoint_dir=tmp_path), "baseline", checkpoint=path)
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+class SeesCheckpoint(RecordingHooks):
+    """Records, at each event, whether the checkpoint file exists yet."""
+
+    def __init__(self, path: Path, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.path, self.seen = path, []
+
+    def on_event(self, event) -> None:  # noqa: ANN001
+        super().on_event(event)
+        self.seen.append(self.path.exists())

@@ -35,6 +35,7 @@ ACTIVE = {"running", "cancelling"}
 FAST_ENV = {
     "GLAI_WORKER_LEASE_S": "3",
     "GLAI_HEARTBEAT_INTERVAL_S": "0.5",
+    "GLAI_CHECKPOINT_INTERVAL_S": "0",  # every epoch: the kill tests resume mid-phase
     "GLAI_REAPER_INTERVAL_S": "1",
     "GLAI_REQUEUE_STALE_QUEUED_S": "2",
     "GLAI_CANCEL_GRACE_S": "5",

@@ -41,6 +41,7 @@ class Backend:
             # Short leases so a killed worker is noticed within seconds.
             "GLAI_WORKER_LEASE_S": "3",
             "GLAI_HEARTBEAT_INTERVAL_S": "0.5",
+            "GLAI_CHECKPOINT_INTERVAL_S": "0",  # every epoch: the kill tests resume mid-phase
             "GLAI_MAX_JOB_ATTEMPTS": "3",
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",  # two cores shared with other tests
