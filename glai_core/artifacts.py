@@ -157,13 +157,17 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ArtifactError(f"model file not found: {path.name}")
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if prefix[:1] == b"\x80" or prefix[:2] == b"PK":
+        prefix = handle.read(9)  # the header length, then the header's opening brace
+        length = int.from_bytes(prefix[:8], "little")
+        plausible = len(prefix) == 9 and prefix[8:] == b"{" and length <= min(MAX_HEADER_BYTES, size - 8)
+        # Sniffed only when the file is not a plausible safetensors file: a header length whose low byte
+        # is 0x80 (one in 32 of them, lengths being multiples of 8) starts like a pickle.
+        if not plausible and (prefix[:1] == b"\x80" or prefix[:2] == b"PK"):
             raise ArtifactError("this is a pickle / torch.save checkpoint, not a .safetensors model; "
                                 "pickled files are never loaded (export with glai_core.artifacts.save_model)")
         if len(prefix) < 8:
             raise ArtifactError(f"not a safetensors file: only {size} bytes (empty or truncated)")
-        length = int.from_bytes(prefix, "little")
+        handle.seek(8)
         if length > MAX_HEADER_BYTES:
             raise ArtifactError("not a safetensors file (its first 8 bytes are not a plausible header "
                                 "length)")

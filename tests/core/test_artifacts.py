@@ -147,6 +147,22 @@ def test_pickle_is_refused_without_unpickling(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_header_length_that_starts_like_a_pickle_still_loads(tmp_path: Path) -> None:
+    """A header length with low byte 0x80 puts the pickle opcode first: the file is still a model."""
+    model = _mlp([8]).eval()
+    for pad in range(0, 64):  # the metadata's length moves the header length in steps of 8
+        path = save_model(tmp_path / "m.safetensors", model, {"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    assert read_metadata(path)["note"].startswith("x")
+    loaded, _ = load_model(path)
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_torch_save_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     torch.save(_mlp([4]).state_dict(), path)
