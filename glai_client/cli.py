@@ -124,6 +124,9 @@ def submit(
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key: same key, same job.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Frozen backbone: minilm (text datasets) or "
                                                       "efficientnet-lite0 (image datasets).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Arithmetic of the training steps: auto (bf16 on "
+                                                       "CPUs with bf16 hardware, TF32 on GPUs), fp32 or "
+                                                       "bf16.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
@@ -131,6 +134,8 @@ def submit(
                          pruning, sparsities, seed, time_limit)
     if backbone:
         body["backbone"] = backbone
+    if precision:
+        body["precision"] = precision
     try:
         with _client() as client:
             job = client.submit_job(dataset_id, body, idempotency_key=idempotency_key)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from glai_client.cli import app
+from glai_common.models import Job
 from tests.api.helpers import Api, insert_job
 
 runner = CliRunner()
@@ -49,6 +50,11 @@ def test_datasets_submit_status_cancel(cli_env: Api, tmp_path: Path) -> None:
     assert "cancelled" in run("cancel", job)
     bad = runner.invoke(app, ["submit", ds, "--hidden", "8,8,8,8,8"])
     assert bad.exit_code == 1 and "at most 4 hidden layers" in bad.output
+    fp32 = ident(run("submit", ds, "--hidden", "8", "--precision", "fp32"))
+    with cli_env.session() as session:
+        assert session.get(Job, fp32).spec["config"]["precision"] == "fp32"
+    bad = runner.invoke(app, ["submit", ds, "--precision", "fp16"])
+    assert bad.exit_code == 1 and "precision" in bad.output
     assert "deleted" not in runner.invoke(app, ["datasets", "delete", ds]).output  # used by a job: 409
 
 
