@@ -29,6 +29,18 @@ def _trained_structure(train: DeviceSet, hidden: list[int]) -> StructuralMLP:
     return model
 
 
+def _twins(digits_sets: tuple[DeviceSet, DeviceSet], kind: str,
+           ) -> tuple[torch.nn.Module, torch.nn.Module, DeviceSet, DeviceSet]:
+    """Two identical models of ``kind`` ("mlp" or "glai") and the sets they train on (with S's gates)."""
+    train, val = digits_sets
+    if kind == "mlp":
+        torch.manual_seed(0)
+        return (*_pair(StructuralMLP(64, [32], 10)), train, val)
+    structure = _trained_structure(train, [20])
+    return (GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure),
+            train.with_gates(structure), val.with_gates(structure))
+
+
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -93,15 +105,7 @@ def test_buffers_are_overwritten_not_accumulated(digits_sets: tuple[DeviceSet, D
 def test_adam_trajectories_match_over_many_steps(digits_sets: tuple[DeviceSet, DeviceSet], kind: str) -> None:
     """The whole loop (fit) with the hand-written step against fit with autograd's: same weights and
     validation accuracy after 3 epochs."""
-    train, val = digits_sets
-    if kind == "mlp":
-        torch.manual_seed(0)
-        reference, ours = _pair(StructuralMLP(64, [32], 10))
-        train_set, val_set = train, val
-    else:
-        structure = _trained_structure(train, [20])
-        reference, ours = GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure)
-        train_set, val_set = train.with_gates(structure), val.with_gates(structure)
+    reference, ours, train_set, val_set = _twins(digits_sets, kind)
     assert isinstance(make_step(ours, None, gates_cached=True), HandWrittenStep)
     settings = FitSettings(epochs=3, lr=1e-3, batch_size=64, seed=2, keep_best=False)
     got = fit(ours, train_set, val_set, settings, Hooks(), "baseline")
@@ -188,15 +192,7 @@ def test_bf16_glai_step_matches_autograd_under_autocast(digits_sets: tuple[Devic
 def test_bf16_training_tracks_fp32(digits_sets: tuple[DeviceSet, DeviceSet], kind: str) -> None:
     """Whole fits: the bf16 hand-written loop keeps fp32 weights and ends within a point of fp32's
     validation accuracy, from the same start and shuffles."""
-    train, val = digits_sets
-    if kind == "mlp":
-        torch.manual_seed(0)
-        fp32, ours = _pair(StructuralMLP(64, [32], 10))
-        train_set, val_set = train, val
-    else:
-        structure = _trained_structure(train, [20])
-        fp32, ours = GLAIBlock.from_structure(structure), GLAIBlock.from_structure(structure)
-        train_set, val_set = train.with_gates(structure), val.with_gates(structure)
+    fp32, ours, train_set, val_set = _twins(digits_sets, kind)
     step = make_step(ours, torch.bfloat16, gates_cached=True)
     assert isinstance(step, HandWrittenStep) and step.low is not None
     settings = FitSettings(epochs=5, lr=1e-3, batch_size=64, seed=2, keep_best=False)
