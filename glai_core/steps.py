@@ -93,7 +93,7 @@ class _LowPrecision:
         if x.dtype == self.dtype:  # gathered from a bf16 copy of the split (train.fit, on CPU)
             return x
         if self.x is None or self.x.shape[0] < x.shape[0]:
-            self.x = x.new_empty(x.shape, dtype=self.copies[0].dtype)
+            self.x = x.new_empty(x.shape, dtype=self.dtype)
         out = self.x[:x.shape[0]]
         return out.copy_(x)
 
@@ -171,12 +171,12 @@ def _glai_step(block: GLAIBlock, x: Tensor, y: Tensor, gate: Tensor, weights: li
     row sums for the constant input's column; dc = sum_b grad[b, :]. The mask-and-sum runs in fp32, as
     in ``GLAIBlock.forward`` under autocast.
     """
-    theta, bias = weights
+    theta = weights[0]  # the fp32 bias is added to the fp32 sum, as autocast leaves it
     batch, m, h, d = x.shape[0], block.out_features, block.hidden[0], block.in_features
     flat = theta.view(m * h, d + 1)
     u = torch.addmm(flat[:, -1], x, flat[:, :-1].T).view(batch, m, h).float()
     gate = gate.to(u.dtype)
-    out = torch.bmm(u, gate.unsqueeze(2)).squeeze(2).add_(bias)
+    out = torch.bmm(u, gate.unsqueeze(2)).squeeze(2).add_(block.bias)
     loss, grad = _cross_entropy_grad(out, y)
     grad = grad.contiguous()  # (batch, m) rows, so the outer product below views as (batch, m h)
     path_grad = (grad.unsqueeze(2) * gate.unsqueeze(1)).view(batch, m * h).to(x.dtype)
