@@ -59,7 +59,11 @@ class HandWrittenStep:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         for p in self.trainable:
             p.grad = torch.zeros_like(p)
-        self.low = _LowPrecision(self.trainable, compute_dtype) if compute_dtype is not None else None
+        self.low = None
+        if compute_dtype is not None:
+            small = [isinstance(model, StructuralMLP) and layer.weight.numel() < SMALL_LAYER
+                     for layer in getattr(model, "layers", []) for _ in ("weight", "bias")]
+            self.low = _LowPrecision(self.trainable, compute_dtype, small)
 
     @torch.no_grad()
     def __call__(self, x: Tensor, y: Tensor, gates: list[Tensor] | None,
@@ -77,15 +81,18 @@ class HandWrittenStep:
 
 
 class _LowPrecision:
-    """bf16 copies of the trained parameters and of the batch, in buffers reused every step."""
+    """bf16 copies of the trained parameters and of the batch, in buffers reused every step; the
+    parameters flagged in ``keep`` (small layers) are used as they are, in fp32."""
 
-    def __init__(self, params: list[nn.Parameter], dtype: torch.dtype) -> None:
-        self.params, self.dtype = params, dtype
-        self.copies = [p.detach().to(dtype) for p in self.params]
+    def __init__(self, params: list[nn.Parameter], dtype: torch.dtype, keep: list[bool]) -> None:
+        self.dtype = dtype
+        pairs = list(zip(params, keep + [False] * (len(params) - len(keep)), strict=True))
+        self.copies = [p.detach() if kept else p.detach().to(dtype) for p, kept in pairs]
+        self.refresh = [(copy, p) for copy, (p, kept) in zip(self.copies, pairs, strict=True) if not kept]
         self.x: Tensor | None = None
 
     def weights(self) -> list[Tensor]:
-        for copy, p in zip(self.copies, self.params, strict=True):
+        for copy, p in self.refresh:
             copy.copy_(p)
         return self.copies
 
@@ -111,6 +118,10 @@ def supports_hand_written(model: nn.Module, autocast: torch.dtype | None, gates_
 
 
 Step = AutogradStep | HandWrittenStep
+# Layers with fewer weights than this compute in fp32 even in a bf16 step: their products are too small
+# for bf16 to pay, oneDNN's per-call set-up dominates (an 86 -> 3 head at batch 512, forward and both
+# gradients: 49 us in bf16 against 25 us in fp32 on 2 cores; 256 -> 10 is already faster in bf16).
+SMALL_LAYER = 1024
 
 
 def make_step(model: nn.Module, autocast: torch.dtype | None, gates_cached: bool) -> Step:
@@ -147,20 +158,24 @@ def _sum_into(out: Tensor, grad: Tensor) -> None:
 
 
 def _mlp_step(model: StructuralMLP, x: Tensor, y: Tensor, weights: list[Tensor]) -> Tensor:
+    """Each layer computes in its weights' dtype (bf16, or fp32 for small layers and fp32 steps)."""
     layers = list(model.layers)
     pairs = list(zip(weights[0::2], weights[1::2], strict=True))  # (weight, bias) per layer, as computed
-    inputs = [x]  # the input of every layer; ReLU outputs double as their own backward masks
-    for weight, bias in pairs[:-1]:
-        inputs.append(torch.addmm(bias, inputs[-1], weight.T).relu_())
-    weight, bias = pairs[-1]
-    loss, grad = _cross_entropy_grad(torch.addmm(bias, inputs[-1], weight.T).float(), y)
-    grad = grad.to(x.dtype)
+    inputs = []  # every layer's input in its dtype; ReLU outputs double as their own backward masks
+    out = x
+    for index, (weight, bias) in enumerate(pairs):
+        inputs.append(out.to(weight.dtype))
+        out = torch.addmm(bias, inputs[-1], weight.T)
+        if index < len(pairs) - 1:
+            out = out.relu_()
+    loss, grad = _cross_entropy_grad(out.float(), y)
     for index in range(len(layers) - 1, -1, -1):
-        layer, a_in = layers[index], inputs[index]
+        layer, a_in, weight = layers[index], inputs[index], pairs[index][0]
+        grad = grad.to(weight.dtype)
         _mm_into(layer.weight.grad, grad.T, a_in)
         _sum_into(layer.bias.grad, grad)
         if index > 0:  # no gradient for the data; ReLU's backward is autograd's own kernel (one pass)
-            grad = torch.ops.aten.threshold_backward(torch.mm(grad, pairs[index][0]), a_in, 0.0)
+            grad = torch.ops.aten.threshold_backward(torch.mm(grad, weight), a_in, 0.0)
     return loss
 
 

@@ -10,7 +10,7 @@ import torch
 from glai_core.hooks import Hooks
 from glai_core.metrics import GateCache
 from glai_core.model import GLAIBlock, StructuralMLP
-from glai_core.steps import AutogradStep, HandWrittenStep, make_step, supports_hand_written
+from glai_core.steps import SMALL_LAYER, AutogradStep, HandWrittenStep, make_step, supports_hand_written
 from glai_core.train import DeviceSet, FitSettings, fit, make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -163,6 +163,11 @@ def test_bf16_mlp_step_matches_autograd_under_autocast(digits_sets: tuple[Device
     x, y = train.x[:200], train.y[:200]
     ref_loss = AutogradStep(reference, torch.bfloat16)(x, y, None, _NoStep(reference.parameters()))
     step = HandWrittenStep(ours, torch.bfloat16)
+    assert step.low is not None  # layers under SMALL_LAYER weights (here the later ones) stay fp32
+    expected = [torch.bfloat16 if layer.weight.numel() >= SMALL_LAYER else torch.float32
+                for layer in ours.layers for _ in range(2)]
+    assert [w.dtype for w in step.low.weights()] == expected and expected[0] == torch.bfloat16
+    assert expected[-1] == torch.float32
     our_loss = step(x, y, None, _NoStep(ours.parameters()))
     assert all(p.grad.dtype == torch.float32 for p in ours.parameters())  # Adam sees fp32 gradients
     assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-3)
