@@ -61,8 +61,8 @@ class HandWrittenStep:
             p.grad = torch.zeros_like(p)
         self.low = None
         if compute_dtype is not None:
-            small = [isinstance(model, StructuralMLP) and layer.weight.numel() < SMALL_LAYER
-                     for layer in getattr(model, "layers", []) for _ in ("weight", "bias")]
+            small = ([layer.weight.numel() < SMALL_LAYER for layer in model.layers for _ in range(2)]
+                     if isinstance(model, StructuralMLP) else [False] * len(self.trainable))
             self.low = _LowPrecision(self.trainable, compute_dtype, small)
 
     @torch.no_grad()
@@ -86,7 +86,7 @@ class _LowPrecision:
 
     def __init__(self, params: list[nn.Parameter], dtype: torch.dtype, keep: list[bool]) -> None:
         self.dtype = dtype
-        pairs = list(zip(params, keep + [False] * (len(params) - len(keep)), strict=True))
+        pairs = list(zip(params, keep, strict=True))
         self.copies = [p.detach() if kept else p.detach().to(dtype) for p, kept in pairs]
         self.refresh = [(copy, p) for copy, (p, kept) in zip(self.copies, pairs, strict=True) if not kept]
         self.x: Tensor | None = None
