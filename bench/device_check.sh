@@ -7,11 +7,11 @@
 #      built them; the EfficientNet features do not fit the 64 MiB a call carries)
 #   2. run: command "bash bench/device_check.sh", timeout_s 540, carry ["bench/.cache/device"]
 #      (without the carry the script still runs; tasks whose data is missing are skipped and logged).
-# Steps, each under its own `timeout` (together at most 8 min), each teed into $OUT/<step>.log:
+# Steps, each under its own `timeout` (together at most 9 min), each teed into $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
-#   graphs, the same without graphs, bf16 autocast), glai_vs_mlp.log, seeds.log and gpu_budget.log (1M x
-#   768 under device-memory budgets) (markdown tables). Shorter reruns: LOOP_VARIANTS=graphs and the
+#   graphs, the same without graphs, bf16 products with graphs), glai_vs_mlp.log, seeds.log, seeds_bf16.log
+#   and gpu_budget.log (1M x 768 under device-memory budgets) (markdown tables). Shorter reruns: LOOP_VARIANTS=graphs and the
 #   T_* step timeouts below.
 #   The last lines printed are the exit codes.
 # Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick BUDGET_ARGS="--rows 20000" \
@@ -167,6 +167,8 @@ if [[ $RUN_BENCH -eq 1 ]]; then
         ${EXTRA[@]+"${EXTRA[@]}"}
     step seeds "$T_SEEDS" "$PY" -m bench.glai_vs_mlp_seeds --device "$DEV" --markdown --tasks "${TASKS[@]}" \
         ${EXTRA[@]+"${EXTRA[@]}"}
+    step seeds_bf16 "$T_SEEDS" "$PY" -m bench.glai_vs_mlp_seeds --device "$DEV" --markdown --precision bf16 \
+        --tasks "${TASKS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
     step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
         ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
 else

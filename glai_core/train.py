@@ -240,8 +240,7 @@ def fit(model: nn.Module, train: DeviceSet, val: DeviceSet, settings: FitSetting
     rows = _rows_for_step(train, step_fn)
     gather = BatchGather()  # batch buffers for the whole phase (a CUDA graph reads them in place)
     graph = None
-    # graphs are verified on a GPU for the fp32 hand-written step only (tests/gpu)
-    hand_written = isinstance(step_fn, HandWrittenStep) and step_fn.low is None
+    hand_written = isinstance(step_fn, HandWrittenStep)  # fp32 or bf16 products (tests/gpu, both)
     if settings.cuda_graphs and EpochGraph.usable(train.x, train.y.device, hand_written, settings.batch_size,
                                                   len(train)):
         graph = EpochGraph(len(train), settings.batch_size, train.y.device)

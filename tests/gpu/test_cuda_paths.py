@@ -2,7 +2,8 @@
 
 Covered: the GLAI warm-start invariant, the training loop (device-resident data, ``BatchGather``, fused
 Adam) in fp32, the hand-written steps and ``LeanAdam`` against autograd and torch's Adam, whole-epoch CUDA
-graphs against the eager loop (MLP; phase 2 with a linear schedule and backtracking), the whole pipeline
+graphs against the eager loop (MLP; phase 2 with a linear schedule and backtracking; fp32 and bf16
+products), the bf16 hand-written steps against autocast's autograd, the whole pipeline
 in "auto" (TF32, graphs) and bf16 autocast, streaming from pinned host memory (``HostRows``), the
 bit-packed and dense gate caches, the primal and dual ridge solves, and checkpoint resume (pipeline and
 fused-Adam state).
@@ -181,12 +182,38 @@ def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_hand_written_steps_on_device_match_autocast(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """bf16 products on the device: the hand-written MLP and GLAI steps give autograd's loss and gradients
+    under autocast, into fp32 gradient buffers (layers under ``SMALL_LAYER`` weights stay fp32)."""
+    train, _ = on(DEVICE, digits_sets)
+    x, y = train.x[:256], train.y[:256]
+    structure = new_mlp([24], DEVICE)
+    gates = GateCache.build(structure, x).take(slice(0, 256))
+    for make in (lambda: new_mlp([64, 32], DEVICE, seed=3), lambda: GLAIBlock.from_structure(structure)):
+        reference, ours = make(), make()
+        step_gates = gates if isinstance(ours, GLAIBlock) else None
+        step = make_step(ours, torch.bfloat16, True)
+        assert isinstance(step, HandWrittenStep) and step.low is not None
+        assert step.low.weights()[0].dtype == torch.bfloat16
+        # a zero rate leaves the weights where they are: one call shows the gradients only
+        ref_loss = AutogradStep(reference, torch.bfloat16)(
+            x, y, step_gates, torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.0))
+        our_loss = step(x, y, step_gates, torch.optim.SGD(step.trainable, lr=0.0))
+        assert our_loss.item() == pytest.approx(ref_loss.item(), rel=1e-3)
+        for a, b in zip(reference.parameters(), ours.parameters(), strict=True):
+            if not a.requires_grad:
+                continue
+            assert b.grad.dtype == torch.float32 and b.grad.device.type == DEVICE.type
+            assert b.grad.abs().sum() > 0
+            torch.testing.assert_close(b.grad, a.grad, rtol=2e-2, atol=2e-3)
+
+
 # ------------------------------------------------------------------------------------------ (c) pipeline
 
 @pytest.mark.parametrize("precision", ["auto", "bf16"])
 def test_pipeline_on_device_matches_cpu_fp32(digits: LoadedData, precision: str) -> None:
     """precision "auto" (fp32 + TF32, hand-written steps in CUDA graphs) and "bf16" (hand-written
-    mixed-precision steps, eager) end within 2 points of the CPU fp32 pipeline."""
+    mixed-precision steps, also in graphs) end within 2 points of the CPU fp32 pipeline."""
     assert resolve_precision("auto", DEVICE) is None
     assert resolve_precision("bf16", DEVICE) is torch.bfloat16
     reference = run_pipeline(digits, small_config(CPU, "fp32", pruning=True), RecordingHooks())
@@ -400,14 +427,17 @@ def _assert_same_training(results: list[FitResult], models: list[torch.nn.Module
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_graphed_epochs_train_like_the_eager_loop(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_graphed_epochs_train_like_the_eager_loop(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                  autocast: torch.dtype | None) -> None:
     """Every epoch: the first batch eagerly (on a fresh optimiser it creates Adam's state), batches 2-22
     as one graph replay, the short last batch eagerly (1437 = 22 * 64 + 29). One capture for the phase;
-    the same losses, accuracies and weights as the eager loop."""
+    the same losses, accuracies and weights as the eager loop, with fp32 products and with bf16 ones
+    (the bf16 copies of weights and batch are refreshed inside the graph)."""
     if DEVICE.type != "cuda":
         pytest.skip("CUDA graphs need CUDA")
     train, val = on(DEVICE, digits_sets)
-    settings = FitSettings(epochs=6, lr=3e-3, batch_size=64, seed=1, keep_best=False)
+    settings = FitSettings(epochs=6, lr=3e-3, batch_size=64, seed=1, keep_best=False, autocast=autocast)
     results, models = _eager_and_graphed(lambda: new_mlp([32], DEVICE), train, val, settings)
     assert (results[0].graph_captures, results[0].graph_replays) == (0, 0)
     assert (results[1].graph_captures, results[1].graph_replays) == (1, 6)
@@ -415,8 +445,9 @@ def test_graphed_epochs_train_like_the_eager_loop(digits_sets: tuple[DeviceSet, 
     _assert_same_training(results, models, len(val))
 
 
-def test_graphed_phase2_follows_the_schedule_and_backtracking(digits_sets: tuple[DeviceSet, DeviceSet]
-                                                              ) -> None:
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_graphed_phase2_follows_the_schedule_and_backtracking(digits_sets: tuple[DeviceSet, DeviceSet],
+                                                              autocast: torch.dtype | None) -> None:
     """Phase 2 on cached gates with a linear schedule (the rate changes every epoch: read from a device
     scalar at replay) and backtracking (best weights restored, Adam restarted in place): still one
     capture, every epoch a replay, and the eager loop's training."""
@@ -427,7 +458,8 @@ def test_graphed_phase2_follows_the_schedule_and_backtracking(digits_sets: tuple
     fit(structure, train, val, FitSettings(epochs=3, lr=3e-3, batch_size=64, seed=1), Hooks(), "structural")
     train, val = train.with_gates(structure), val.with_gates(structure)
     # a rate large enough that some epoch improves nothing (on CPU the 5th of 8; on an H100 too)
-    settings = FitSettings(epochs=8, lr=3e-2, batch_size=64, seed=2, schedule="linear", backtrack=True)
+    settings = FitSettings(epochs=8, lr=3e-2, batch_size=64, seed=2, schedule="linear", backtrack=True,
+                           autocast=autocast)
     results, models = _eager_and_graphed(lambda: GLAIBlock.from_structure(structure), train, val, settings)
     assert any("lr_scale" in h for h in results[0].history), "no backtracking happened: raise the rate"
     assert (results[1].graph_captures, results[1].graph_replays) == (1, settings.epochs)
