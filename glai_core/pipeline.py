@@ -64,8 +64,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     closed-form solves stay fp32/fp64 whatever it is.
 
     "auto" is what measured fastest at the same accuracy (docs/performance.md):
-    * CUDA: fp32 with TF32 tensor-core matmuls. Small heads are bound by kernel launches there, and fp32
-      keeps whole-epoch CUDA graphs (``glai_core.graphs``), which remove most of them.
+    * CUDA: fp32 with TF32 tensor-core matmuls. Small heads are bound by kernel latency there, so bf16's
+      casts cost more than its products save, even inside whole-epoch CUDA graphs (``glai_core.graphs``,
+      which take both): 0.0152 s per MLP epoch in TF32 against 0.0168 s in bf16 on an H100.
     * CPU with native bf16: bf16 products (mixed precision, hand-written steps), 2.6-3.7x the plain fp32
       loop per epoch on 2 cores at the same validation accuracy; fp32 alone reached 1.2-1.6x.
     * other CPUs: fp32. Without bf16 hardware the casts cost more than they save (0.4-0.6x measured).
