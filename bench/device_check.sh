@@ -12,6 +12,11 @@
 #     bash bench/device_check.sh --prepare
 #   then run "DEVICE_DATA=bench/.cache/device-effnet STEPS='glai_vs_mlp seeds seeds_bf16' bash bench/device_check.sh"
 #   with that folder carried. STEPS names the steps to run (default: all).
+# The service end to end (`glai serve` with SQLite and the embedded queue, a real Celery worker on the GPU,
+# bench/serve_check.py): the image lacks the service's packages, so they travel as wheels, in a call of
+# their own (12 MB; beside the data they pass 64 MiB):
+#   bash bench/device_check.sh --wheels   (here: Python 3.12 wheels into bench/.cache/wheels, the
+#   versions of this venv), then run "STEPS=service bash bench/device_check.sh" carrying bench/.cache/wheels.
 # Steps, each under its own `timeout` (together at most 9 min), each teed into $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
@@ -68,6 +73,27 @@ print('features:', target)
     exit 0
 fi
 
+WHEELS=bench/.cache/wheels
+# the service's packages that the GPU image lacks (it has numpy, pandas, pyarrow, scikit-learn, httpx,
+# rich, typer and anyio); the wheel of each is taken at this venv's version
+SERVICE_PACKAGES="alembic amqp annotated-types billiard celery click click-didyoumean click-plugins click-repl fastapi
+greenlet kombu mako opentelemetry-api prompt-toolkit pydantic pydantic-core pydantic-settings
+python-dotenv python-multipart redis sqlalchemy starlette typing-extensions typing-inspection
+tzlocal uvicorn vine wcwidth"
+
+if [[ "${1:-}" == "--wheels" ]]; then
+    PY=${PYTHON:-.venv/bin/python}
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    for name in $SERVICE_PACKAGES; do
+        version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name") || exit 1
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d "$WHEELS" "$name==$version" || exit 1
+    done
+    du -sh "$WHEELS"
+    exit 0
+fi
+
 export PYTHONPATH=.
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -79,6 +105,7 @@ T_LOOP=${T_LOOP:-45}  # each of the three loop-efficiency runs
 T_GLAI=${T_GLAI:-120}
 T_BUDGET=${T_BUDGET:-70}
 T_SEEDS=${T_SEEDS:-60}
+T_SERVICE=${T_SERVICE:-240}
 DEV=${BENCH_DEVICE:-cuda}  # cpu only for a local dry run of the benchmark steps
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # e.g. --quick for a dry run
 read -r -a BUDGET_EXTRA <<< "${BUDGET_ARGS:-}"  # e.g. --rows 20000 for a dry run
@@ -188,6 +215,17 @@ if [[ $RUN_BENCH -eq 1 ]]; then
 else
     echo "=== glai_vs_mlp: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" | tee "$OUT/glai_vs_mlp.log"
     SUMMARY+=("glai_vs_mlp skipped")
+fi
+
+# ---------------------------------------------------------------- 5. the service end to end (glai serve)
+if [[ -z "${STEPS:-}" || " $STEPS " == *" service "* ]]; then
+    SITE=/tmp/glai-service-site  # the carried wheels, installed beside (not into) the image's packages
+    if ! "$PY" -c "import fastapi, celery, sqlalchemy, pydantic_settings" 2>/dev/null && [[ -d $WHEELS ]]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            "$WHEELS"/*.whl 2>&1 | tail -3
+    fi
+    step service "$T_SERVICE" env PYTHONPATH="$PYTHONPATH:$SITE" "$PY" -m bench.serve_check --markdown \
+        --precisions auto fp32 bf16
 fi
 
 echo "=== done in ${SECONDS}s; logs in $OUT"
