@@ -10,19 +10,21 @@
 # The EfficientNet features (20k x 1280) fit a call only on their own, as float16 (61 MiB):
 #   DEVICE_FEATURES=fashion-mnist-efficientnet DEVICE_PIXELS=0 DEVICE_DATA=bench/.cache/device-effnet \
 #     bash bench/device_check.sh --prepare
-#   then run "DEVICE_DATA=bench/.cache/device-effnet STEPS='glai_vs_mlp seeds seeds_bf16' bash bench/device_check.sh"
-#   with that folder carried. STEPS names the steps to run (default: all).
+#   then run with that folder carried:
+#     DEVICE_DATA=bench/.cache/device-effnet STEPS='glai_vs_mlp seeds seeds_bf16' bash bench/device_check.sh
+#   STEPS names the steps to run (default: all).
 # The service end to end (`glai serve` with SQLite and the embedded queue, a real Celery worker on the GPU,
 # bench/serve_check.py): the image lacks the service's packages, so they travel as wheels, in a call of
 # their own (12 MB; beside the data they pass 64 MiB):
 #   bash bench/device_check.sh --wheels   (here: Python 3.12 wheels into bench/.cache/wheels, the
 #   versions of this venv), then run "STEPS=service bash bench/device_check.sh" carrying bench/.cache/wheels.
-# Steps, each under its own `timeout` (together at most 9 min), each teed into $OUT/<step>.log:
+# Steps, each under its own `timeout` (together at most 9 min without the service), each teed into
+# $OUT/<step>.log:
 #   env.log (nvidia-smi, torch, CUDA, data), pytest.log (tests/gpu + the core loop/step/optimiser tests),
 #   loop_graphs.log, loop_eager.log, loop_bf16.log (loop efficiency: "auto" = TF32 with whole-epoch CUDA
-#   graphs, the same without graphs, bf16 products with graphs), glai_vs_mlp.log, seeds.log, seeds_bf16.log
-#   and gpu_budget.log (1M x 768 under device-memory budgets) (markdown tables). Shorter reruns: LOOP_VARIANTS=graphs and the
-#   T_* step timeouts below.
+#   graphs, the same without graphs, bf16 products with graphs), glai_vs_mlp.log, seeds.log,
+#   seeds_bf16.log, gpu_budget.log (1M x 768 under device-memory budgets) and service.log (markdown
+#   tables). Shorter reruns: STEPS, LOOP_VARIANTS=graphs and the T_* step timeouts below.
 #   The last lines printed are the exit codes.
 # Dry run here (CPU): PYTHON=.venv/bin/python BENCH_DEVICE=cpu BENCH_ARGS=--quick BUDGET_ARGS="--rows 20000" \
 #   bash bench/device_check.sh
@@ -76,10 +78,10 @@ fi
 WHEELS=bench/.cache/wheels
 # the service's packages that the GPU image lacks (it has numpy, pandas, pyarrow, scikit-learn, httpx,
 # rich, typer and anyio); the wheel of each is taken at this venv's version
-SERVICE_PACKAGES="alembic amqp annotated-types billiard celery click click-didyoumean click-plugins click-repl fastapi
-greenlet kombu mako opentelemetry-api prompt-toolkit pydantic pydantic-core pydantic-settings
-python-dotenv python-multipart redis sqlalchemy starlette typing-extensions typing-inspection
-tzlocal uvicorn vine wcwidth"
+SERVICE_PACKAGES="alembic amqp annotated-types billiard celery click click-didyoumean click-plugins
+click-repl fastapi greenlet kombu mako opentelemetry-api prompt-toolkit pydantic pydantic-core
+pydantic-settings python-dotenv python-multipart redis sqlalchemy starlette typing-extensions
+typing-inspection tzlocal uvicorn vine wcwidth"
 
 if [[ "${1:-}" == "--wheels" ]]; then
     PY=${PYTHON:-.venv/bin/python}
@@ -220,12 +222,19 @@ fi
 # ---------------------------------------------------------------- 5. the service end to end (glai serve)
 if [[ -z "${STEPS:-}" || " $STEPS " == *" service "* ]]; then
     SITE=/tmp/glai-service-site  # the carried wheels, installed beside (not into) the image's packages
-    if ! "$PY" -c "import fastapi, celery, sqlalchemy, pydantic_settings" 2>/dev/null && [[ -d $WHEELS ]]; then
+    SERVICE_IMPORTS="import fastapi, celery, sqlalchemy, pydantic_settings, uvicorn, alembic"
+    if ! "$PY" -c "$SERVICE_IMPORTS" 2>/dev/null && [[ -d $WHEELS ]]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
             "$WHEELS"/*.whl 2>&1 | tail -3
     fi
-    step service "$T_SERVICE" env PYTHONPATH="$PYTHONPATH:$SITE" "$PY" -m bench.serve_check --markdown \
-        --precisions auto fp32 bf16
+    if PYTHONPATH="$PYTHONPATH:$SITE" "$PY" -c "$SERVICE_IMPORTS" 2>/dev/null; then
+        step service "$T_SERVICE" env PYTHONPATH="$PYTHONPATH:$SITE" "$PY" -m bench.serve_check --markdown \
+            --precisions auto fp32 bf16
+    else
+        echo "=== service: skipped (no service packages: carry $WHEELS, built by --wheels)" \
+            | tee "$OUT/service.log"
+        SUMMARY+=("service skipped")
+    fi
 fi
 
 echo "=== done in ${SECONDS}s; logs in $OUT"
