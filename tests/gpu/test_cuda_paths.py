@@ -158,15 +158,27 @@ def test_batch_gather_reuses_one_device_buffer(digits_sets: tuple[DeviceSet, Dev
         assert batch.data_ptr() == pointer and torch.equal(batch, x[index])
 
 
-def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
-        digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
-    """On the device, the hand-written MLP and GLAI steps give autograd's gradients and loss, and
-    LeanAdam's direct kernel call gives torch's fused Adam step bit for bit."""
+Makers = list[Callable[[], torch.nn.Module]]
+
+
+def _step_inputs(digits_sets: tuple[DeviceSet, DeviceSet], mlp_hidden: list[int]
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Makers]:
+    """256 training rows on the device, a structure's cached gates for them, and makers of twin models:
+    an MLP of ``mlp_hidden`` and a GLAI block warm-started from that structure."""
     train, _ = on(DEVICE, digits_sets)
     x, y = train.x[:256], train.y[:256]
     structure = new_mlp([24], DEVICE)
     gates = GateCache.build(structure, x).take(slice(0, 256))
-    for make in (lambda: new_mlp([32, 16], DEVICE, seed=3), lambda: GLAIBlock.from_structure(structure)):
+    return x, y, gates, [lambda: new_mlp(mlp_hidden, DEVICE, seed=3),
+                         lambda: GLAIBlock.from_structure(structure)]
+
+
+def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
+        digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
+    """On the device, the hand-written MLP and GLAI steps give autograd's gradients and loss, and
+    LeanAdam's direct kernel call gives torch's fused Adam step bit for bit."""
+    x, y, gates, makers = _step_inputs(digits_sets, [32, 16])
+    for make in makers:
         reference, ours = make(), make()
         trainable = [p for p in reference.parameters() if p.requires_grad]
         torch_adam = torch.optim.Adam(trainable, lr=1e-3, fused=True)
@@ -185,11 +197,8 @@ def test_hand_written_steps_and_lean_adam_on_device_match_autograd(
 def test_bf16_hand_written_steps_on_device_match_autocast(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
     """bf16 products on the device: the hand-written MLP and GLAI steps give autograd's loss and gradients
     under autocast, into fp32 gradient buffers (layers under ``SMALL_LAYER`` weights stay fp32)."""
-    train, _ = on(DEVICE, digits_sets)
-    x, y = train.x[:256], train.y[:256]
-    structure = new_mlp([24], DEVICE)
-    gates = GateCache.build(structure, x).take(slice(0, 256))
-    for make in (lambda: new_mlp([64, 32], DEVICE, seed=3), lambda: GLAIBlock.from_structure(structure)):
+    x, y, gates, makers = _step_inputs(digits_sets, [64, 32])
+    for make in makers:
         reference, ours = make(), make()
         step_gates = gates if isinstance(ours, GLAIBlock) else None
         step = make_step(ours, torch.bfloat16, True)
