@@ -4,7 +4,7 @@ Covered: the GLAI warm-start invariant, the training loop (device-resident data,
 Adam) in fp32, the hand-written steps and ``LeanAdam`` against autograd and torch's Adam, whole-epoch CUDA
 graphs against the eager loop (MLP; phase 2 with a linear schedule and backtracking; fp32 and bf16
 products), the bf16 hand-written steps against autocast's autograd, the whole pipeline
-in "auto" (TF32, graphs) and bf16 autocast, streaming from pinned host memory (``HostRows``), the
+in "auto" (TF32) and "bf16" (both in graphs), streaming from pinned host memory (``HostRows``), the
 bit-packed and dense gate caches, the primal and dual ridge solves, and checkpoint resume (pipeline and
 fused-Adam state).
 Everything is small: the file runs in well under two minutes on a GPU. ``DEVICE`` is a module constant so
