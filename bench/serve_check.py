@@ -62,6 +62,9 @@ def run_job(client: GlaiClient, dataset_id: str, precision: str, timeout: float,
     job = client.submit_job(dataset_id, {"precision": precision, "baseline": {"enabled": True}, "seed": 0})
     job = client.wait(job["id"], timeout=timeout, poll_s=0.5)
     wall = time.monotonic() - started
+    if job["state"] != "succeeded":
+        print(f"   job {job['id']} ({precision}) {job['state']}: {job.get('failure_kind')}: "
+              f"{job.get('failure_message')}", flush=True)
     summary = job.get("summary") or {}
     found = re.search(r"\bdevice (cuda\S*|cpu)\b", client.logs(job["id"])["text"])  # the worker's log line
     agreement = float("nan")
@@ -95,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(run_job(client, dataset["id"], precision, args.timeout, Path(tmp) / "models",
                                         data))
                     print("  ", rows[-1], flush=True)
+        except Exception:
+            print(log.read_text()[-4000:])  # the service's own account of why it did not answer
+            raise
         finally:
             os.killpg(service.pid, signal.SIGTERM)
             try:
                 service.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(service.pid, signal.SIGKILL)
-        if not rows:
-            print(log.read_text()[-4000:])
     report("glai serve end to end (digits, one job per precision)",
            ["precision", "state", "worker device", "ran in", "GLAI val acc", "MLP val acc",
             "downloaded model: agreement with labels (all rows)", "submit to done s"], rows,
