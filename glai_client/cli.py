@@ -7,25 +7,42 @@ file `glai serve` writes (<GLAI_DATA_DIR>/local_api_key).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from glai_client.client import FINAL_STATES, GlaiClient, GlaiError
 from glai_client.config import api_key, api_url
+from glai_client.job_options import BadInput, JobOptions, job_body
+from glai_client.progress import job_progress
 
 app = typer.Typer(help="GLAI (GreenLightningAI) training service.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 datasets_app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
 admin_app = typer.Typer(help="API keys, directly on the database (GLAI_DATABASE_URL).", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, resume and delete jobs (submit, status, watch, cancel: top level).",
+                       no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(admin_app, name="admin")
-console = Console()
-err = Console(stderr=True)
+# Piped or redirected output is read by programs (grep, cut, another script): rich would cut tables and
+# wrap lines at 80 columns there ("succeed…"), so without a terminal lines are as long as they need.
+PIPE_WIDTH = 4096
+
+
+def _width(stream: TextIO) -> int | None:
+    isatty = getattr(stream, "isatty", None)
+    return None if isatty is not None and isatty() else PIPE_WIDTH
+
+
+console = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 
 def _client() -> GlaiClient:
@@ -33,8 +50,15 @@ def _client() -> GlaiClient:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    """The API refused or could not be reached: one line, status 1."""
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
     return typer.Exit(1)
+
+
+def _bad_input(exc: Exception) -> typer.Exit:
+    """A value given on the command line (or a local file) cannot be used: one line, status 2."""
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    return typer.Exit(2)
 
 
 def _table(*columns: str) -> Table:
@@ -74,40 +98,6 @@ def serve(
 
 # ------------------------------------------------------------------ jobs
 
-def _job_settings(config: Path | None, hidden: str | None, reduction_factor: str | None,
-                  structural_epochs: int | None, quantitative_epochs: int | None, baseline: bool | None,
-                  pruning: bool | None, sparsities: str | None, seed: int | None,
-                  time_limit: int | None) -> dict[str, Any]:
-    """A JSON config file (optional) overlaid with the command-line options that were given."""
-    body: dict[str, Any] = json.loads(config.read_text()) if config else {}
-
-    def section(name: str) -> dict[str, Any]:
-        return body.setdefault(name, {})  # type: ignore[no-any-return]
-
-    if hidden:
-        section("architecture")["hidden"] = [int(w) for w in hidden.split(",")]
-    if reduction_factor:
-        section("architecture")["reduction_factor"] = (
-            reduction_factor if reduction_factor == "auto" else float(reduction_factor))
-    if structural_epochs is not None:
-        section("structural")["max_epochs"] = structural_epochs
-        structural = section("structural")
-        structural["min_epochs"] = min(structural.get("min_epochs", 2), structural_epochs)
-    if quantitative_epochs is not None:
-        section("quantitative")["epochs"] = quantitative_epochs
-    if baseline is not None:
-        section("baseline")["enabled"] = baseline
-    if pruning is not None:
-        section("pruning")["enabled"] = pruning
-    if sparsities:
-        section("pruning")["sparsities"] = [float(s) for s in sparsities.split(",")]
-    if seed is not None:
-        body["seed"] = seed
-    if time_limit is not None:
-        body["time_limit_s"] = time_limit
-    return body
-
-
 @app.command()
 def submit(
     dataset_id: Annotated[str, typer.Argument(help="Dataset id (see `glai datasets list`).")],
@@ -130,8 +120,11 @@ def submit(
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
-    body = _job_settings(config, hidden, reduction_factor, structural_epochs, quantitative_epochs, baseline,
-                         pruning, sparsities, seed, time_limit)
+    try:
+        body = job_body(JobOptions(config, hidden, reduction_factor, structural_epochs, quantitative_epochs,
+                                   baseline, pruning, sparsities, seed, time_limit))
+    except BadInput as exc:
+        raise _bad_input(exc) from None
     if backbone:
         body["backbone"] = backbone
     if precision:
@@ -146,39 +139,63 @@ def submit(
         raise _fail(exc) from exc
 
 
+def _list_jobs(state: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    try:
+        with _client() as client:
+            page = client.list_jobs(state=state, limit=limit, cursor=cursor)
+    except GlaiError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        _print_json(page)
+        return
+    table = _table("id", "state", "phase", "progress", "created")
+    for job in page["items"]:
+        reading = job_progress(job)
+        where = reading.phase or reading.stopped_in or ""  # a finished job has no phase in progress
+        done = "" if reading.fraction is None else f"{reading.fraction:.0%}"
+        table.add_row(job["id"], job["state"], where, done, job["created_at"][:19])
+    console.print(table)
+    _next_page(page)
+
+
+def _next_page(page: dict[str, Any]) -> None:
+    """On stderr, so stdout stays the table alone."""
+    if page.get("next_cursor"):
+        err.print(f"more: --cursor {page['next_cursor']}", highlight=False, soft_wrap=True)
+
+
+CursorOption = Annotated[str | None, typer.Option(help="When listing: `next_cursor` of the previous page "
+                                                       "(printed after a full page).")]
+
+
 @app.command()
 def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list recent jobs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
     state: Annotated[str | None, typer.Option(help="When listing: only this state.")] = None,
     limit: Annotated[int, typer.Option(help="When listing: how many.")] = 20,
+    cursor: CursorOption = None,
 ) -> None:
     """Show one job, or list your recent jobs."""
+    if job_id is None:
+        _list_jobs(state, limit, cursor, as_json)
+        return
     try:
         with _client() as client:
-            if job_id is None:
-                page = client.list_jobs(state=state, limit=limit)
-                if as_json:
-                    _print_json(page)
-                    return
-                table = _table("id", "state", "phase", "progress", "created")
-                for job in page["items"]:
-                    table.add_row(job["id"], job["state"], job["phase"] or "", f"{job['progress']:.0%}",
-                                  job["created_at"][:19])
-                console.print(table)
-                return
             job = client.get_job(job_id)
     except GlaiError as exc:
         raise _fail(exc) from exc
     if as_json:
         _print_json(job)
         return
+    reading = job_progress(job)
     console.print(f"job {job['id']}: [bold]{job['state']}[/bold]"
-                  + (f", phase {job['phase']} {job['progress']:.0%}" if job.get("phase") else ""))
+                  + (f", phase {reading.phase} {reading.fraction or 0.0:.0%}" if reading.phase else "")
+                  + (f" in {reading.stopped_in}" if reading.stopped_in else ""), highlight=False)
     if job.get("failure_kind"):
-        console.print(f"[red]failed ({job['failure_kind']}): {job['failure_message']}[/red]")
+        console.print(f"[red]failed ({job['failure_kind']}): {escape(str(job['failure_message']))}[/red]")
     for key, value in (job.get("summary") or {}).items():
-        console.print(f"  {key}: {value}")
+        console.print(f"  {key}: {value}", markup=False)
     for artifact in job.get("artifacts", []):
         console.print(f"  artifact {artifact['name']} ({artifact['size_bytes']} bytes)")
 
@@ -187,9 +204,12 @@ def _watch(client: GlaiClient, job_id: str) -> None:
     from glai_client.watch import watch as watch_job
 
     job = watch_job(client, job_id, console)
-    console.print(f"job {job['id']} {job['state']}")
+    reading = job_progress(job)
+    console.print(f"job {job['id']} {job['state']}"
+                  + (f" in {reading.stopped_in}" if reading.stopped_in else ""), highlight=False)
     if job["state"] == "failed":
-        console.print(f"[red]{job.get('failure_kind')}: {job.get('failure_message')}[/red]")
+        console.print(f"[red]{escape(str(job.get('failure_kind')))}: "
+                      f"{escape(str(job.get('failure_message')))}[/red]")
         raise typer.Exit(1)
 
 
@@ -212,6 +232,46 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     except GlaiError as exc:
         raise _fail(exc) from exc
     console.print(f"job {job['id']} {job['state']}")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    cursor: CursorOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """List your jobs, newest first (the same as `glai status` without a job id)."""
+    _list_jobs(state, limit, cursor, as_json)
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Delete a finished job with its curves, logs, checkpoints and models (refused while it runs)."""
+    try:
+        with _client() as client:
+            client.delete_job(job_id)
+    except GlaiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"deleted {job_id}", highlight=False)
+
+
+@jobs_app.command("resume")
+def jobs_resume(
+    job_id: Annotated[str, typer.Argument(help="Job id of a failed (e.g. timed-out) job.")],
+    time_limit: Annotated[int | None, typer.Option(help="Seconds of running time it gets from now on "
+                                                        "(default: its own time limit again).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
+) -> None:
+    """Queue a failed or timed-out job again: it continues from its checkpoints (within its attempts)."""
+    try:
+        with _client() as client:
+            job = client.resume_job(job_id, time_limit)
+            console.print(f"job [bold]{job['id']}[/bold] {job['state']}")
+            if watch:
+                _watch(client, job["id"])
+    except GlaiError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -242,7 +302,10 @@ def logs(
 def download(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
     name: Annotated[str, typer.Argument(help="Artifact: trained, baseline, pruned-<pct>.")] = "trained",
-    output: Annotated[Path, typer.Option("--output", "-o", help="File or directory.")] = Path("."),
+    output: Annotated[str, typer.Option("--output", "-o", help="A file, or a directory (existing, or "
+                                                            "ending in /) to save it in under the name "
+                                                            "the API gives it, <job>-<name>.safetensors.")
+                      ] = ".",
 ) -> None:
     """Download an exported model (resumes an interrupted download)."""
     try:
@@ -250,7 +313,9 @@ def download(
             path = client.download_artifact(job_id, name, output)
     except GlaiError as exc:
         raise _fail(exc) from exc
-    console.print(f"saved {path}")
+    except ValueError as exc:
+        raise _bad_input(exc) from exc
+    console.print(f"saved {path}", highlight=False)
 
 
 @app.command()
@@ -280,6 +345,10 @@ def predict(
     text_column: Annotated[str | None, typer.Option(help="Text models: the table's text column "
                                                          "(default: text).")] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Print class probabilities as JSON lines.")] = False,
+    header: Annotated[bool | None, typer.Option("--header/--no-header",
+                                                help="Whether a .csv's first row names the columns "
+                                                     "(default: detected; a row of numbers is data).")
+                      ] = None,
 ) -> None:
     """Predict classes for new samples, one line per sample (images: `name<TAB>class`)."""
     from glai_client.predict_input import read_inputs
@@ -287,10 +356,12 @@ def predict(
 
     try:
         predictor = Predictor.load(model)
-        inputs = read_inputs(data, _modality(predictor), label_column, text_column)
+        inputs = read_inputs(data, _modality(predictor), label_column, text_column,
+                             n_features=predictor.in_features, class_names=predictor.class_names,
+                             header=header)
         results = predictor.predict_proba(inputs.values) if proba else predictor.predict(inputs.values)
-    except (OSError, ValueError) as exc:
-        raise _fail(exc) from exc
+    except (OSError, ValueError) as exc:  # the model or the input file cannot be used as given
+        raise _bad_input(exc) from exc
     for index, result in enumerate(results):  # plain stdout, not rich: it would expand the tabs
         line = json.dumps([round(float(p), 6) for p in result]) if proba else str(result)
         typer.echo(f"{inputs.names[index]}\t{line}" if inputs.names else line)
@@ -342,18 +413,26 @@ def datasets_builtin(name: Annotated[str, typer.Argument(help="digits, mnist1d, 
 
 
 @datasets_app.command("list")
-def datasets_list() -> None:
-    """List your datasets."""
+def datasets_list(
+    limit: Annotated[int, typer.Option(help="How many.")] = 50,
+    cursor: CursorOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """List your datasets, newest first."""
     try:
         with _client() as client:
-            page = client.list_datasets(limit=200)
+            page = client.list_datasets(limit=limit, cursor=cursor)
     except GlaiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(page)
+        return
     table = _table("id", "name", "samples", "features", "classes", "created")
     for ds in page["items"]:
-        table.add_row(ds["id"], ds["name"], str(ds["n_samples"]), str(ds["n_features"]), str(ds["n_classes"]),
-                      ds["created_at"][:19])
+        table.add_row(ds["id"], escape(ds["name"]), str(ds["n_samples"]), str(ds["n_features"]),
+                      str(ds["n_classes"]), ds["created_at"][:19])
     console.print(table)
+    _next_page(page)
 
 
 @datasets_app.command("delete")

@@ -35,7 +35,10 @@ class PredictInputs:
         return len(self.values)
 
 
-def read_features(path: Path, label_column: str | None = None) -> np.ndarray:
+def read_features(path: Path, label_column: str | None = None, n_features: int | None = None,
+                  class_names: list[str] | None = None, header: bool | None = None) -> np.ndarray:
+    """Feature rows: .npz, or a .csv/.parquet table (``glai_client.feature_table``: the CSV header is
+    detected unless ``header`` says; a column the model does not take is named)."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
@@ -45,14 +48,9 @@ def read_features(path: Path, label_column: str | None = None) -> np.ndarray:
                 raise ValueError(f"{path.name}: no array named X (found {', '.join(names)})")
             return np.asarray(archive[key], dtype=np.float32)
     if suffix in {".csv", ".parquet", ".pq"}:
-        import pandas as pd
+        from glai_client.feature_table import read_table_features
 
-        table = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-        if label_column:
-            if label_column not in table.columns:
-                raise ValueError(f"{path.name}: no column {label_column!r}")
-            table = table.drop(columns=[label_column])
-        return table.to_numpy(dtype=np.float32)
+        return read_table_features(path, label_column, n_features, class_names, header)
     raise ValueError(f"{path.name}: use a .npz, .csv or .parquet file")
 
 
@@ -142,17 +140,19 @@ def _read_images(path: Path) -> PredictInputs:
 
 
 def read_inputs(path: Path, modality: str | None, label_column: str | None = None,
-                text_column: str | None = None) -> PredictInputs:
+                text_column: str | None = None, *, n_features: int | None = None,
+                class_names: list[str] | None = None, header: bool | None = None) -> PredictInputs:
     """Inputs for a model: ``modality`` is the backbone's (``text``/``image``) or None for features.
 
-    A .npz is always read as ready-made features (e.g. embeddings computed elsewhere).
+    A .npz is always read as ready-made features (e.g. embeddings computed elsewhere). ``n_features`` and
+    ``class_names`` (the model's) let a feature table's extra column be named in the error.
     """
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
     if modality is None or (path.is_file() and path.suffix.lower() == ".npz"):
         if path.is_dir():
             raise ValueError(f"{path}: expected a feature file (.npz, .csv, .parquet), got a directory")
-        return PredictInputs(read_features(path, label_column))
+        return PredictInputs(read_features(path, label_column, n_features, class_names, header))
     if modality == "text":
         if path.is_dir():
             raise ValueError(f"{path}: expected a .txt/.csv/.parquet file of texts, got a directory")
