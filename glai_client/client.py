@@ -1,10 +1,10 @@
 """A small typed client for the GLAI REST API (v1), over httpx.
 
     from glai_client.client import GlaiClient
-    with GlaiClient("http://127.0.0.1:8000", api_key="glai_...") as glai:
+    with GlaiClient() as glai:  # GLAI_API_URL / GLAI_API_KEY, else the key `glai serve` wrote: as the CLI
         ds = glai.builtin_dataset("digits")
         job = glai.submit_job(ds["id"], {"architecture": {"hidden": [64]}}, idempotency_key="run-1")
-        job = glai.wait(job["id"])
+        job = glai.wait(job["id"], on_progress=lambda p: print(p.line()))  # what `glai watch` shows
         glai.download_artifact(job["id"], "trained", "trained.safetensors")
         labels = glai.predict(job["id"], ["a review to classify"], directory="models")  # raw texts too
 
@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import httpx
 
+from glai_client import config
+from glai_client.progress import FINAL_STATES, JobProgress, job_progress
+
 if TYPE_CHECKING:
     from glai_core.predict import Predictor
 
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_URL = config.DEFAULT_API_URL
 
 
 class Dataset(TypedDict):
@@ -100,9 +102,14 @@ class GlaiError(Exception):
 
 
 class GlaiClient:
+    """``base_url`` and ``api_key`` default exactly as the CLI's: ``GLAI_API_URL`` (else
+    http://127.0.0.1:8000) and ``GLAI_API_KEY`` (else the key ``glai serve`` wrote to
+    ``$GLAI_DATA_DIR/local_api_key``), so against a local ``glai serve`` nothing needs configuring."""
+
     def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.base_url = (base_url or os.environ.get("GLAI_API_URL") or DEFAULT_URL).rstrip("/")
+        self.base_url = (base_url or config.api_url()).rstrip("/")
+        api_key = api_key or config.api_key()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                   transport=transport)
@@ -183,13 +190,20 @@ class GlaiClient:
                 return
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 1.0,
-             on_update: Callable[[Job], None] | None = None) -> Job:
-        """Poll until the job is final (or ``timeout`` seconds pass: TimeoutError)."""
+             on_update: Callable[[Job], None] | None = None,
+             on_progress: Callable[[JobProgress], None] | None = None) -> Job:
+        """Poll until the job is final (or ``timeout`` seconds pass: TimeoutError).
+
+        ``on_update`` gets each polled job as JSON; ``on_progress`` the same reading `glai watch` draws
+        (``glai_client.progress.JobProgress``: state, current phase, fraction, step, every phase's
+        fraction; ``.line()`` for one line of text)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.get_job(job_id)
             if on_update is not None:
                 on_update(job)
+            if on_progress is not None:
+                on_progress(job_progress(job))
             if job["state"] in FINAL_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
@@ -198,6 +212,12 @@ class GlaiClient:
 
     def cancel(self, job_id: str) -> Job:
         return cast(Job, self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def resume_job(self, job_id: str, time_limit_s: int | None = None) -> Job:
+        """Queue a failed (e.g. timed-out) job again; it continues from its checkpoints. ``time_limit_s``:
+        the running time it gets from now on (default: its own limit again)."""
+        body = {} if time_limit_s is None else {"time_limit_s": time_limit_s}
+        return cast(Job, self._request("POST", f"/v1/jobs/{job_id}/resume", json=body).json())
 
     def delete_job(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}")
@@ -218,11 +238,14 @@ class GlaiClient:
 
     def download_artifact(self, job_id: str, name: str, dest: str | Path,
                           on_progress: Callable[[int, int], None] | None = None) -> Path:
-        """Stream an artifact to ``dest`` (a file, or a directory to put ``<name>.safetensors`` in).
+        """Stream an artifact to ``dest``: a file, or a directory (one that exists, or a path ending in a
+        separator, created) to put it in under the name the API gives it, ``<job_id>-<name>.safetensors``.
         A partial ``dest.part`` left by an interrupted download is resumed with a Range request."""
+        directory = str(dest).endswith(("/", os.sep))
         dest = Path(dest)
-        if dest.is_dir():
-            dest = dest / f"{name}.safetensors"
+        if directory or dest.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            dest = dest / artifact_filename(job_id, name)
         part = dest.with_name(dest.name + ".part")
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -259,9 +282,11 @@ class GlaiClient:
         default = Path.home() / ".cache" / "glai" / "models"
         root = Path(directory or os.environ.get("GLAI_MODEL_DIR") or default)
         dest = root / job_id / f"{name}.safetensors"
-        expected = next((a["sha256"] for a in self.artifacts(job_id) if a["name"] == name), None)
+        artifacts = self.artifacts(job_id)
+        expected = next((a["sha256"] for a in artifacts if a["name"] == name), None)
         if expected is None:
-            raise GlaiError(404, f"job '{job_id}' has no artifact '{name}'", "name")
+            names = ", ".join(a["name"] for a in artifacts) or "none yet"
+            raise GlaiError(404, f"job '{job_id}' has no artifact '{name}' (it has: {names})", "name")
         if dest.is_file() and _sha256(dest) == expected:
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +305,15 @@ class GlaiClient:
         trained on a frozen backbone also raw inputs: a list of texts (minilm) or of images (paths, encoded
         bytes, PIL images or uint8 arrays; efficientnet-lite0), preprocessed as at training time."""
         return self.predictor(job_id, name, directory, device).predict(inputs)
+
+
+def artifact_filename(job_id: str, name: str) -> str:
+    """The file name the API sends in Content-Disposition (``<job_id>-<name>.safetensors``); both are
+    ids made of letters, digits, ``-`` and ``_``, so it can never leave the target directory."""
+    for value in (job_id, name):
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"not a valid job id or artifact name: {value!r}")
+    return f"{job_id}-{name}.safetensors"
 
 
 def _sha256(path: Path) -> str:

@@ -66,9 +66,10 @@ def download_artifact(
                         ] = None,
 ) -> Response:
     """Streams a `.safetensors` file. ETag is the quoted SHA-256; resumable with Range."""
-    jobs.get_owned(db, owner, job_id)
+    job = jobs.get_owned(db, owner, job_id)
     artifact = db.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     if artifact is None:
-        raise ApiError(404, f"job '{job_id}' has no artifact '{name}'", "name")
+        names = ", ".join(a.name for a in job.artifacts) or f"none (the job is {job.state})"
+        raise ApiError(404, f"job '{job_id}' has no artifact {name!r}; its artifacts: {names}", "name")
     return downloads.artifact_response(services.storage, artifact, f"{job_id}-{artifact.name}.safetensors",
                                        range_, if_none_match, if_range)
