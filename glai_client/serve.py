@@ -1,8 +1,11 @@
 """`glai serve`: migrate, then run the API (uvicorn) and one Celery worker as child processes, and stop
-both together (Ctrl-C, SIGTERM, or either child dying).
+both together (Ctrl-C, SIGTERM, or the API dying).
 
-Children are started with the same ``GLAI_*`` environment, with ``GLAI_DATA_DIR`` made absolute, so
-the embedded defaults (SQLite database and sqla+sqlite broker under the data directory) line up.
+A worker that dies (a crash, the OOM killer, or its own exit after a cancel it could not honour) is
+started again after a bounded backoff (``WorkerBackoff``), while the API keeps serving: the new worker's
+reaper hands the lost job on, resumed from its checkpoints. Children are started with the same
+``GLAI_*`` environment, with ``GLAI_DATA_DIR`` made absolute, so the embedded defaults (SQLite database
+and sqla+sqlite broker under the data directory) line up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ from rich.console import Console
 from glai_client.config import local_key_path
 
 STOP_GRACE_S = 20.0
+
+
+@dataclass
+class WorkerBackoff:
+    """Seconds to wait before restarting a dead worker: doubling from ``first_s`` up to ``max_s``, and
+    back to ``first_s`` once a worker has stayed up for ``healthy_s`` (a one-off crash restarts fast, a
+    crash loop does not spin)."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    healthy_s: float = 60.0
+    _next_s: float = 0.0
+
+    def after_exit(self, uptime_s: float) -> float:
+        if uptime_s >= self.healthy_s or self._next_s == 0.0:
+            self._next_s = self.first_s
+        else:
+            self._next_s = min(self.max_s, self._next_s * 2)
+        return self._next_s
 
 
 def is_loopback(host: str) -> bool:
@@ -130,7 +152,6 @@ def run(options: ServeOptions, console: Console) -> int:
         if created:
             console.print(f"created a local API key in {local_key_path(data_dir)} (mode 0600)")
 
-    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -138,16 +159,14 @@ def run(options: ServeOptions, console: Console) -> int:
         stopping = True
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker = _Worker(env, options.log_level, console) if options.worker else None
+    api: subprocess.Popen[bytes] | None = None
     try:
-        if options.worker:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-                 "-Q", "glai", "--loglevel", options.log_level.upper(), "-n", f"glai-{os.getpid()}@%h"],
-                env=env))
+        if worker is not None:
+            worker.start()
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", options.host,
              "--port", str(options.port), "--log-level", options.log_level], env=env)
-        procs.append(api)
         host = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{host}:{options.port}"
         if _wait_healthy(url, api):
@@ -156,15 +175,49 @@ def run(options: ServeOptions, console: Console) -> int:
             console.print(f"dashboard: {link}", soft_wrap=True, highlight=False)
             console.print("press Ctrl-C to stop")
         while not stopping:
-            if any(proc.poll() is not None for proc in procs):
-                dead = next(proc for proc in procs if proc.poll() is not None)
-                console.print(f"[red]{'API' if dead is api else 'worker'} exited with code "
-                              f"{dead.returncode}; stopping[/red]")
-                return dead.returncode or 1
+            if api.poll() is not None:
+                console.print(f"[red]API exited with code {api.returncode}; stopping[/red]")
+                return api.returncode or 1
+            if worker is not None:
+                worker.supervise()
             time.sleep(0.3)
         console.print("stopping...")
         return 0
     finally:
-        _stop(procs)
+        _stop([proc for proc in (worker.proc if worker else None, api) if proc is not None])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _Worker:
+    """The one training worker: started, watched, and restarted with backoff when it dies."""
+
+    def __init__(self, env: dict[str, str], log_level: str, console: Console,
+                 backoff: WorkerBackoff | None = None) -> None:
+        self.env, self.log_level, self.console = env, log_level, console
+        self.backoff = backoff or WorkerBackoff()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+             "-Q", "glai", "--loglevel", self.log_level.upper(), "-n", f"glai-{os.getpid()}@%h"],
+            env=self.env)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        self.console.print(f"worker started (pid {self.proc.pid})", highlight=False)
+
+    def supervise(self) -> None:
+        """Called from the serve loop: notice a dead worker, and start a new one when its wait is over."""
+        if self.restart_at is not None:
+            if time.monotonic() >= self.restart_at:
+                self.start()
+            return
+        if self.proc is None or self.proc.poll() is None:
+            return
+        delay = self.backoff.after_exit(time.monotonic() - self.started_at)
+        self.console.print(f"[yellow]worker (pid {self.proc.pid}) exited with code {self.proc.returncode}; "
+                           f"restarting it in {delay:g} s (the API keeps running)[/yellow]", highlight=False)
+        self.restart_at = time.monotonic() + delay

@@ -3,12 +3,15 @@ started the way `glai serve` starts them, (b) the embedded defaults through `gla
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.services import api_keys
@@ -48,8 +51,38 @@ def test_postgres_redis_stack(postgres_url: str, redis_url: str, tmp_path: Path)
             process.stop()
 
 
+def _worker_pid(parent: int) -> int | None:
+    """The celery child of ``parent`` (from /proc), if one is running."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"celery" in cmdline and fields[0] != "Z":
+            return int(stat.parent.name)
+    return None
+
+
+def _kill_the_worker(serve: Process, url: str) -> None:
+    """SIGKILL `glai serve`'s worker: serve restarts it and the API answers all along."""
+    first = _worker_pid(serve.proc.pid)
+    assert first is not None, serve.tail()
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (second := _worker_pid(serve.proc.pid)) in (None, first):
+        assert serve.proc.poll() is None, f"glai serve exited when its worker died\n{serve.tail()}"
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() < deadline, serve.tail()
+        time.sleep(0.2)
+    log = serve.log_path.read_text()
+    assert f"worker (pid {first}) exited with code -9; restarting it in 1 s" in log, serve.tail()
+    assert f"worker started (pid {second})" in log
+
+
 def test_glai_serve_embedded(tmp_path: Path) -> None:
-    """`glai serve` with the defaults (SQLite + sqla+sqlite broker), then Ctrl-C stops API and worker."""
+    """`glai serve` with the defaults (SQLite + sqla+sqlite broker): its worker is killed and restarted
+    while the API stays up, the restarted worker trains, then Ctrl-C stops API and worker."""
     data_dir = tmp_path / "var"
     port = free_port()
     serve = Process("serve", [sys.executable, "-m", "glai_client.cli", "serve", "--port", str(port),
@@ -57,6 +90,7 @@ def test_glai_serve_embedded(tmp_path: Path) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, [serve], timeout=90)
+        _kill_the_worker(serve, url)
         key_file = data_dir / "local_api_key"
         assert key_file.stat().st_mode & 0o777 == 0o600
         assert (data_dir / "glai.db").exists()
