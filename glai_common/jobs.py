@@ -273,18 +273,31 @@ def request_cancel(session: Session, job: Job | str, reason: str = "cancel reque
 # --- lost workers --------------------------------------------------------------------------------
 
 
+def last_heard_of(job: Job, now: datetime) -> datetime:
+    """When the attempt holding ``job`` last showed it was alive: ``updated_at`` moves with every heartbeat,
+    phase change and release (and with the claim itself), and nothing else writes a running job's row."""
+    seen = as_utc(job.updated_at)
+    return now if seen is None else min(seen, now)
+
+
 def _reap_one(session: Session, job: Job, now: datetime, max_attempts: int) -> str | None:
-    """Decide the fate of one locked job whose lease expired. Returns its id if it should be requeued."""
+    """Decide the fate of one locked job whose lease expired. Returns its id if it should be requeued.
+
+    A requeued attempt is recorded as ending when its worker was last heard of: the lease running out
+    and the reaper's next pass are waiting, not running, and must not count against ``time_limit_s``."""
     expired = as_utc(job.lease_expires_at)
-    lost = f"worker {job.lease_owner} lost (lease expired {expired.isoformat() if expired else 'never set'})"
+    seen = last_heard_of(job, now)
+    lost = (f"worker {job.lease_owner} lost (last heard of {seen.isoformat()}, lease expired "
+            f"{expired.isoformat() if expired else 'never set'})")
     job.lease_owner = None
     job.lease_expires_at = None
     if job.state == CANCELLING:
         transition(session, job, CANCELLED, reason=f"{lost} while cancelling")
         return None
     if job.attempts < max_attempts:
-        transition(session, job, QUEUED,
-                   reason=f"{lost}; requeued (attempt {job.attempts} of {max_attempts} used)")
+        transition(session, job, QUEUED, at=seen,
+                   reason=f"{lost}; requeued at {now.isoformat()} (attempt {job.attempts} of {max_attempts} "
+                          "used)")
         return job.id
     transition(session, job, FAILED, reason=f"{lost}; gave up after {job.attempts} attempts",
                failure_kind="worker_lost")
@@ -365,7 +378,8 @@ def running_seconds(session: Session, job_id: str) -> float:
     """Seconds the job spent in running/cancelling over its *closed* attempts, from the transitions.
 
     The current attempt (an interval still open) is not counted: the worker adds its own clock. An
-    attempt lost with its worker counts up to the reaper's requeue, i.e. at most a lease too long.
+    attempt lost with its worker counts up to its last heartbeat (``_reap_one``), so neither the wait for
+    its lease to expire nor the time queued for the next worker is charged.
     """
     rows = session.execute(select(JobTransition.from_value, JobTransition.to_value, JobTransition.at)
                            .where(JobTransition.job_id == job_id, JobTransition.field == "state")

@@ -5,6 +5,8 @@ Every change is recorded as a ``JobTransition`` row (time, from, to, reason).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from glai_common.models import Job, JobTransition, utcnow
@@ -38,13 +40,16 @@ def can_transition(current: str, target: str) -> bool:
 
 
 def transition(session: Session, job: Job, target: str, reason: str = "",
-               failure_kind: str | None = None) -> None:
-    """Move ``job`` to ``target`` and record it; the caller commits (ideally with a row lock held)."""
+               failure_kind: str | None = None, at: datetime | None = None) -> None:
+    """Move ``job`` to ``target`` and record it; the caller commits (ideally with a row lock held).
+
+    ``at``: when the change really happened, if earlier than now (a lost worker's attempt ended at its
+    last heartbeat, not when a reaper noticed)."""
     if not can_transition(job.state, target):
         raise InvalidTransition(job.state, target)
     if failure_kind is not None and failure_kind not in FAILURE_KINDS:
         raise ValueError(f"unknown failure kind {failure_kind!r}")
-    now = utcnow()
+    now = at or utcnow()
     session.add(JobTransition(job_id=job.id, field="state", from_value=job.state, to_value=target,
                               reason=reason, at=now))
     job.state = target
