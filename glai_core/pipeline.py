@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from glai_core import prune_checkpoint
 from glai_core.checkpoint import PhaseState, load_checkpoint, phase_path
 from glai_core.config import BaselineConfig, PruningConfig, StructuralConfig, TrainConfig
 from glai_core.data import LoadedData
@@ -219,11 +220,20 @@ def pruning_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: Pruni
                   hooks: Hooks, seed: int, autocast: torch.dtype | None = None) -> list[PruneResult]:
     """Path-norm pruning sweep (``glai_core.prune``), fine-tuned by the same first-order loop.
 
-    One event per sparsity level (step = level). Not checkpointed per level: a resumed job reruns the
-    short sweep, and curve rows are unique per step. Fine-tuning keeps its best validation point.
+    One event per sparsity level (step = level). Fine-tuning keeps its best validation point. With
+    ``hooks.checkpoint_dir`` every level is checkpointed (``glai_core.prune_checkpoint``): a resumed
+    sweep reloads the levels done and runs the rest, a finished one is reloaded and not run (nor
+    announced) again, so a resumed job's phase never goes back to pruning.
     """
+    checkpoint = phase_path(hooks.checkpoint_dir, "pruning")
+    reference = block.theta
+    saved = prune_checkpoint.load_sweep(checkpoint, list(cfg.sparsities), reference.device, reference.dtype)
+    done = saved.results if saved is not None else []
+    state = saved.state if saved is not None else PhaseState()
+    if state.finished:
+        return done
     hooks.on_phase_start("pruning")
-    started = time.monotonic()
+    started = time.monotonic() - state.seconds
     frequency = GateCache.build(block.structure, train.x).frequency()
     quiet = _Forwarding(hooks)
 
@@ -242,17 +252,26 @@ def pruning_phase(block: GLAIBlock, train: DeviceSet, val: DeviceSet, cfg: Pruni
     def evaluate_block(candidate: GLAIBlock) -> float:
         return evaluate(candidate, val.x, val.y)[1]
 
-    def report(index: int, result: PruneResult) -> None:
+    def report(_index: int, result: PruneResult) -> None:
+        done.append(result)
         metrics = {"sparsity": float(result.sparsity), "pruned_accuracy": float(result.accuracy),
                    "accuracy_before_finetune": float(result.accuracy_before_finetune)}
-        emit(hooks, "pruning", index + 1, len(cfg.sparsities), metrics, time.monotonic() - started)
+        state.step, state.seconds = len(done), time.monotonic() - started
+        state.history.append({"step": float(state.step), "seconds": state.seconds, **metrics})
+        if checkpoint is not None:  # before the event, as every phase does
+            prune_checkpoint.save_level(checkpoint, state, done)
+        emit(hooks, "pruning", state.step, len(cfg.sparsities), metrics, state.seconds)
         if hooks.should_stop():
             raise Cancelled("pruning stopped")
 
-    results = pruning_sweep(block, cfg.sparsities, cfg.structured, finetune, evaluate_block, frequency,
-                            x=train.x[:PRUNE_SCORE_ROWS], on_result=report)
-    hooks.on_phase_end("pruning", {f"{r.sparsity:g}": float(r.accuracy) for r in results})
-    return results
+    remaining = list(cfg.sparsities)[len(done):]
+    if remaining:
+        pruning_sweep(block, remaining, cfg.structured, finetune, evaluate_block, frequency,
+                      x=train.x[:PRUNE_SCORE_ROWS], on_result=report)
+    if checkpoint is not None:
+        prune_checkpoint.mark_finished(checkpoint, state)
+    hooks.on_phase_end("pruning", {f"{r.sparsity:g}": float(r.accuracy) for r in done})
+    return done
 
 
 # ------------------------------------------------------------------------------------ summary
