@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,13 +28,24 @@ def encode_cursor(created_at: datetime, ident: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+_ID = re.compile(r"[0-9a-f]{32}")  # every row id is uuid4 hex (glai_common.models.new_id)
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) pair of a cursor this API made. Anything else is a 422 naming ``cursor``, and
+    that includes a well-formed one whose id is no row id: its text would reach the query (PostgreSQL
+    refuses NUL characters in text with an error, not an empty page)."""
+    invalid = ApiError(422, "cursor is not one this API returned (pass a page's next_cursor unchanged)",
+                       "cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-        return as_utc(datetime.fromisoformat(data["t"])), str(data["id"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "cursor is not one this API returned", "cursor") from exc
+        stamp, ident = data["t"], data["id"]
+        if not isinstance(stamp, str) or not isinstance(ident, str) or _ID.fullmatch(ident) is None:
+            raise invalid
+        return as_utc(datetime.fromisoformat(stamp)), ident
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+        raise invalid from exc
 
 
 def page(query: Select[Any], model: Any, cursor: str | None, limit: int) -> Select[Any]:
