@@ -17,7 +17,9 @@ from glai_common.models import Artifact
 from glai_common.storage import LocalStorage
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_MAX_DIGITS = 18  # more digits than any file size: read as "past every file", never handed to int()
+BEYOND = 10**_MAX_DIGITS
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,14 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return any(t == "*" or t.removeprefix("W/") == etag for t in tags)
 
 
+def _position(digits: str) -> int:
+    """A byte position from the header. Past ``_MAX_DIGITS`` digits it is ``BEYOND`` (larger than any file,
+    which is what such a number means here): ``int()`` refuses strings of over 4,300 digits with a
+    ValueError, and a header is the client's to make as long as the server's limit allows."""
+    digits = digits.lstrip("0") or "0"
+    return BEYOND if len(digits) > _MAX_DIGITS else int(digits)
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """One byte range or None for 'send everything'; raises 416 when it cannot be satisfied."""
     if not header:
@@ -53,13 +63,13 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first and not last:
         return None
     if not first:  # suffix: the last N bytes
-        length = int(last)
+        length = _position(last)
         if length == 0 or size == 0:
             raise _unsatisfiable(size)
         return ByteRange(max(size - length, 0), size - 1)
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if last and _position(last) < start:
         return None  # invalid per RFC: ignore
     if start >= size:
         raise _unsatisfiable(size)
