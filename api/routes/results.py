@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api.deps import DbDep, OwnerDep, ServicesDep
+from api.deps import DbDep, OwnerDep, Services, ServicesDep
 from api.errors import ApiError
 from api.presenters import job_out
 from api.routes.common import errors
@@ -51,25 +52,41 @@ def list_artifacts(job_id: str, db: DbDep, owner: OwnerDep) -> list[ArtifactOut]
     return job_out(jobs.get_owned(db, owner, job_id)).artifacts
 
 
-@router.get("/artifacts/{name}", summary="Download an exported model", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "The whole file."},
-                       206: {"description": "The requested byte range."},
-                       304: {"description": "Not modified (If-None-Match matched the ETag)."},
-                       **errors(404, 410, 416)})
-def download_artifact(
-    job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
-    range_: Annotated[str | None, Header(alias="Range", description="One byte range: `bytes=0-1023`.")
-                      ] = None,
-    if_none_match: Annotated[str | None, Header(description="An ETag seen before: 304 if unchanged.")
-                             ] = None,
-    if_range: Annotated[str | None, Header(description="Honour Range only if the ETag still matches.")
-                        ] = None,
-) -> Response:
-    """Streams a `.safetensors` file. ETag is the quoted SHA-256; resumable with Range."""
+RangeHeader = Annotated[str | None, Header(alias="Range", description="One byte range: `bytes=0-1023`.")]
+IfNoneMatch = Annotated[str | None, Header(description="An ETag seen before: 304 if unchanged.")]
+IfRange = Annotated[str | None, Header(description="Honour Range only if the ETag still matches.")]
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The whole file."},
+    206: {"description": "The requested byte range."},
+    304: {"description": "Not modified (If-None-Match matched the ETag)."},
+    **errors(404, 410, 416)}
+
+
+def _artifact(job_id: str, name: str, services: Services, db: Session, owner: str, range_: str | None,
+              if_none_match: str | None, if_range: str | None, *, head: bool) -> Response:
     job = jobs.get_owned(db, owner, job_id)
     artifact = db.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     if artifact is None:
         names = ", ".join(a.name for a in job.artifacts) or f"none (the job is {job.state})"
         raise ApiError(404, f"job '{job_id}' has no artifact {name!r}; its artifacts: {names}", "name")
     return downloads.artifact_response(services.storage, artifact, f"{job_id}-{artifact.name}.safetensors",
-                                       range_, if_none_match, if_range)
+                                       range_, if_none_match, if_range, head=head)
+
+
+@router.get("/artifacts/{name}", summary="Download an exported model", response_class=Response,
+            responses=DOWNLOAD_RESPONSES)
+def download_artifact(job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
+                      range_: RangeHeader = None, if_none_match: IfNoneMatch = None,
+                      if_range: IfRange = None) -> Response:
+    """Streams a `.safetensors` file. ETag is the quoted SHA-256; resumable with Range."""
+    return _artifact(job_id, name, services, db, owner, range_, if_none_match, if_range, head=False)
+
+
+@router.head("/artifacts/{name}", summary="Headers of an exported model's download", response_class=Response,
+             responses=DOWNLOAD_RESPONSES)
+def artifact_headers(job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
+                     range_: RangeHeader = None, if_none_match: IfNoneMatch = None,
+                     if_range: IfRange = None) -> Response:
+    """What GET answers (status, `Content-Length`, `ETag`, `Accept-Ranges`, `Content-Range`) without the
+    body: a client learns the size and checks its copy before downloading."""
+    return _artifact(job_id, name, services, db, owner, range_, if_none_match, if_range, head=True)

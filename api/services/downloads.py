@@ -93,8 +93,19 @@ def _stream(storage: LocalStorage, key: str, start: int, length: int) -> Iterato
             yield block
 
 
+def _reply(storage: LocalStorage, key: str, status: int, headers: dict[str, str], start: int, length: int,
+           head: bool) -> Response:
+    """The file's bytes, streamed; for HEAD the same status and headers (Content-Length included) and
+    no body, without opening the file."""
+    if head:
+        return Response(status_code=status, media_type="application/octet-stream", headers=headers)
+    return StreamingResponse(_stream(storage, key, start, length), status_code=status,
+                             media_type="application/octet-stream", headers=headers)
+
+
 def artifact_response(storage: LocalStorage, artifact: Artifact, filename: str, range_header: str | None,
-                      if_none_match: str | None, if_range: str | None) -> Response:
+                      if_none_match: str | None, if_range: str | None, head: bool = False) -> Response:
+    """GET (``head=False``) or HEAD of an artifact: the same checks, statuses and headers."""
     etag = etag_for(artifact.sha256)
     common = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
     if etag_matches(if_none_match, etag):
@@ -108,9 +119,7 @@ def artifact_response(storage: LocalStorage, artifact: Artifact, filename: str, 
     headers = {**common, "Content-Disposition": f'attachment; filename="{filename}"'}
     if byte_range is None:
         headers["Content-Length"] = str(size)
-        return StreamingResponse(_stream(storage, artifact.storage_key, 0, size), status_code=200,
-                                 media_type="application/octet-stream", headers=headers)
+        return _reply(storage, artifact.storage_key, 200, headers, 0, size, head)
     headers["Content-Length"] = str(byte_range.length)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-    return StreamingResponse(_stream(storage, artifact.storage_key, byte_range.start, byte_range.length),
-                             status_code=206, media_type="application/octet-stream", headers=headers)
+    return _reply(storage, artifact.storage_key, 206, headers, byte_range.start, byte_range.length, head)
