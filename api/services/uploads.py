@@ -45,6 +45,13 @@ def too_large(limit: int) -> ApiError:
                          "set by GLAI_MAX_UPLOAD_BYTES)", "file")
 
 
+def _is_file_part(params: dict[bytes, bytes], headers: dict[bytes, bytes]) -> bool:
+    """A part sent as a file: it names a file, or declares a content type other than text (text fields
+    are sent without one by curl, browsers and httpx alike)."""
+    media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return b"filename" in params or b"filename*" in params or (bool(media) and not media.startswith(b"text/"))
+
+
 class _FormSink:
     """Callbacks for python-multipart: route each part's bytes to a text field or the temp file."""
 
@@ -90,6 +97,10 @@ class _FormSink:
         if name is None:
             raise ApiError(422, "a multipart part has no name", None)
         self._name = name.decode("utf-8", "replace")
+        if self._name != self.file_field and _is_file_part(params, self._headers):
+            raise ApiError(422, f"the form field '{self._name[:64]}' carries a file; send the dataset file "
+                                f"in the multipart field '{self.file_field}' (the other fields are text)",
+                           self.file_field)
         if self._name == self.file_field:
             if self.form.file_path is not None:
                 raise ApiError(422, "send exactly one file", self.file_field)
@@ -122,7 +133,9 @@ class _FormSink:
             self.form.sha256 = self._hash.hexdigest()
         elif self._name is not None:
             if b"\x00" in self._buffer:
-                raise ApiError(422, f"form field '{self._name}' contains a NUL character", self._name)
+                raise ApiError(422, f"form field '{self._name}' contains a NUL character; it is a text field "
+                                    f"(binary data, such as the dataset file, goes in '{self.file_field}')",
+                               self._name)
             self.form.fields[self._name] = self._buffer.decode("utf-8", "replace")
 
     def abort(self) -> None:

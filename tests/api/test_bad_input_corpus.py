@@ -216,6 +216,37 @@ UPLOAD_CASES = [
         ["no file in the upload"],
         "file",
     ),
+    Upload(  # the npz's bytes hold NULs: this used to be refused as "contains a NUL character"
+        "file-in-another-field",
+        _post_raw(_multipart([("data", "train.npz", npz_bytes())]), MULTIPART),
+        422,
+        ["'data' carries a file", "in the multipart field 'file'"],
+        "file",
+    ),
+    Upload(
+        "second-file-in-another-field",
+        _post_raw(_multipart([("file", "a.csv", csv_bytes()), ("labels", "y.csv", b"label\n1\n")]),
+                  MULTIPART),
+        422,
+        ["'labels' carries a file"],
+        "file",
+    ),
+    Upload(
+        "binary-part-without-file-name",
+        _post_raw(b"--XyZb0undary\r\nContent-Disposition: form-data; name=\"dataset\"\r\nContent-Type: "
+                  b"application/octet-stream\r\n\r\n" + npz_bytes() + b"\r\n--XyZb0undary--\r\n", MULTIPART),
+        422,
+        ["'dataset' carries a file", "'file'"],
+        "file",
+    ),
+    Upload(
+        "binary-in-a-text-field",
+        _post_raw(_multipart([("file", "a.npz", npz_bytes()), ("label_column", None, b"y\x00\x01")]),
+                  MULTIPART),
+        422,
+        ["contains a nul character", "goes in 'file'"],
+        "label_column",
+    ),
     Upload(
         "two-files",
         _post_raw(_multipart([("file", "a.csv", csv_bytes()), ("file", "b.csv", csv_bytes())]), MULTIPART),
