@@ -45,6 +45,8 @@ class WorkerContext:
     enqueue: Callable[[str], None]
     # Messages waiting in the job queue, or None when the broker cannot say (or is unreachable).
     queue_depth: Callable[[], int | None] = field(default=lambda: None)
+    # Removes the broker messages of final jobs (worker.broker_cleanup); None: nothing to clean.
+    discard_messages: Callable[[WorkerContext], int] | None = None
     sessions: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,15 +55,18 @@ class WorkerContext:
     @classmethod
     def from_settings(cls, settings: Settings, enqueue: Callable[[str], None] | None = None,
                       queue_depth: Callable[[], int | None] | None = None) -> WorkerContext:
-        if enqueue is None:
+        discard = None
+        if enqueue is None:  # the real broker: also clean up after it
             from glai_common.queue import enqueue_job
+            from worker.broker_cleanup import message_sweeper
 
             enqueue = enqueue_job
+            discard = message_sweeper(settings)
             if queue_depth is None:
                 queue_depth = partial(broker_queue_depth, settings)
         return cls(settings=settings, engine=make_engine(settings.resolved_database_url, settings),
                    storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
-                   queue_depth=queue_depth or (lambda: None))
+                   queue_depth=queue_depth or (lambda: None), discard_messages=discard)
 
     def session(self) -> AbstractContextManager[Session]:
         """One short unit of work: commit on success, roll back on error."""

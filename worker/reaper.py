@@ -1,5 +1,5 @@
 """Finds jobs whose worker died (lease expired) and requeues them, or fails them as ``worker_lost``;
-re-sends queued jobs whose message was lost.
+re-sends queued jobs whose message was lost; removes the broker messages of jobs that are final.
 
 It runs as a daemon thread inside every worker's main process (started on ``worker_ready``), so a
 deployment needs no extra beat process: any surviving worker recovers the jobs of a dead one, and a
@@ -72,6 +72,17 @@ def resend_stale_queued(ctx: WorkerContext) -> list[str]:
     return sent
 
 
+def discard_final_messages(ctx: WorkerContext) -> int:
+    """Remove the broker messages of final jobs at once (``worker.broker_cleanup``) instead of leaving
+    them for the visibility timeout; returns how many went."""
+    if ctx.discard_messages is None:
+        return 0
+    count = ctx.discard_messages(ctx)
+    if count:
+        log.info("discarded %d broker message(s) of finished jobs", count)
+    return count
+
+
 def reaper_interval(lease_s: float, configured: float | None = None) -> float:
     """Often enough to notice a dead worker within about half a lease, never busier than once a second
     (unless configured explicitly, e.g. in tests)."""
@@ -117,5 +128,9 @@ class Reaper:
                 resend_stale_queued(self.ctx)
             except Exception:  # noqa: BLE001 - same: the jobs stay queued and are retried next round
                 log.exception("re-sending stale queued jobs failed")
+            try:
+                discard_final_messages(self.ctx)
+            except Exception:  # noqa: BLE001 - the messages stay until the next round
+                log.exception("discarding the broker messages of finished jobs failed")
             if self._stop.wait(self.interval_s):
                 return
