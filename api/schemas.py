@@ -270,6 +270,14 @@ class JobCreate(In):
                                      "GLAI_DEFAULT_JOB_TIME_LIMIT_S; at most GLAI_MAX_JOB_TIME_LIMIT_S.")
 
 
+class JobResume(In):
+    """Resume a failed (e.g. timed-out) job from its checkpoints. The body may be empty."""
+
+    time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Running time the job gets from now "
+                                     "on, in seconds (earlier attempts no longer count). Default: its own "
+                                     "`time_limit_s` again; at most GLAI_MAX_JOB_TIME_LIMIT_S.")
+
+
 # ---------------------------------------------------------------- jobs: response
 
 class TransitionOut(Out):

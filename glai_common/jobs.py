@@ -371,6 +371,47 @@ def return_resend(session: Session, job_id: str, previous: datetime) -> None:
                     .values(updated_at=previous))
 
 
+# --- resuming a failed job ----------------------------------------------------------------------
+
+RESUMED = "resumed by its owner"
+
+
+class ResumeRefused(Exception):
+    """The job cannot be resumed; the message says why (state, failure kind or attempts)."""
+
+
+def resume_job(session: Session, job_id: str, *, max_attempts: int, time_limit_s: int | None = None) -> Job:
+    """failed -> queued, to continue from its checkpoints (kept for failed jobs) on the next attempt.
+
+    Allowed for a failed job whose request was not the problem (not ``user_error``) and that has attempts
+    left. Its failure, partial summary and finish time are cleared; ``time_limit_s`` (default: its own
+    limit) is the running time it gets from now on: ``running_seconds`` counts from the resume. The
+    caller commits, then enqueues."""
+    job = lock_job(session, job_id)
+    if job is None:
+        raise ResumeRefused(f"job '{job_id}' not found")
+    if job.state != FAILED:
+        raise ResumeRefused(f"job '{job_id}' is {job.state}; only a failed (e.g. timed-out) job can be "
+                            "resumed")
+    if job.failure_kind == "user_error":
+        raise ResumeRefused(f"job '{job_id}' failed because of its request ({job.failure_message}); fix it "
+                            "and submit a new job")
+    if job.attempts >= max_attempts:
+        raise ResumeRefused(f"job '{job_id}' has used all {max_attempts} of its attempts "
+                            "(GLAI_MAX_JOB_ATTEMPTS)")
+    kind = job.failure_kind
+    transition(session, job, QUEUED, reason=f"{RESUMED} after failing ({kind}); attempt {job.attempts + 1} "
+                                            f"of {max_attempts} next")
+    job.failure_kind = job.failure_message = None
+    job.finished_at = None
+    job.summary = {}
+    job.cancel_requested = False
+    if time_limit_s is not None:
+        job.time_limit_s = time_limit_s
+    session.flush()
+    return job
+
+
 # --- time spent ----------------------------------------------------------------------------------
 
 
@@ -379,7 +420,8 @@ def running_seconds(session: Session, job_id: str) -> float:
 
     The current attempt (an interval still open) is not counted: the worker adds its own clock. An
     attempt lost with its worker counts up to its last heartbeat (``_reap_one``), so neither the wait for
-    its lease to expire nor the time queued for the next worker is charged.
+    its lease to expire nor the time queued for the next worker is charged. Only attempts since the job
+    was last resumed (``resume_job``) count.
     """
     rows = session.execute(select(JobTransition.from_value, JobTransition.to_value, JobTransition.at)
                            .where(JobTransition.job_id == job_id, JobTransition.field == "state")
@@ -387,6 +429,9 @@ def running_seconds(session: Session, job_id: str) -> float:
     total = 0.0
     started: datetime | None = None
     for row in rows:
+        if row.from_value == FAILED and row.to_value == QUEUED:  # resumed: a fresh time limit from here
+            total, started = 0.0, None
+            continue
         active_before, active_after = row.from_value in ACTIVE_STATES, row.to_value in ACTIVE_STATES
         if active_after and not active_before:
             started = as_utc(row.at)

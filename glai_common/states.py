@@ -21,7 +21,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, QUEUED}),  # -> queued: requeued after a lost worker
     CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
     SUCCEEDED: frozenset(),
-    FAILED: frozenset(),
+    FAILED: frozenset({QUEUED}),  # resumed by its owner (glai_common.jobs.resume_job), within its attempts
     CANCELLED: frozenset(),
 }
 

@@ -7,7 +7,8 @@ Faults, and what an attempt does about them:
 
 * time limit: counted over the whole job (the running time of earlier attempts, from the transitions,
   plus this attempt's clock); on expiry the job fails as ``timeout`` with the checkpoints kept and a
-  partial summary of what was reached;
+  partial summary of what was reached (its owner may resume it); a job that succeeds or is cancelled
+  has its checkpoints removed;
 * database away mid-training: the reporter buffers; a database error in the training thread itself
   (data loading, export) hands the job back instead of failing it; writing the final state is retried
   for about a lease, after which the task's own retry and the reaper take over;
@@ -321,7 +322,18 @@ def _finish(ctx: WorkerContext, job_id: str, worker_id: str, summary: dict[str, 
     if not done:
         log.warning("job %s: final state %s not recorded (already final or lease lost)", job_id, outcome)
         return "lost"
+    if outcome in (SUCCEEDED, CANCELLED):
+        _remove_checkpoints(ctx, job_id)
     return outcome
+
+
+def _remove_checkpoints(ctx: WorkerContext, job_id: str) -> None:
+    """Checkpoints serve a resume: a succeeded job has its models and a cancelled one cannot be resumed,
+    so theirs go; a failed (or timed-out) job keeps them for ``POST /v1/jobs/{id}/resume``."""
+    try:
+        ctx.storage.delete_prefix(f"jobs/{job_id}/checkpoints")
+    except OSError:  # the state is recorded; a leftover directory only costs disk space
+        log.warning("job %s: could not remove its checkpoints", job_id, exc_info=True)
 
 
 def _free_gpu_memory() -> None:

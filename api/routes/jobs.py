@@ -11,8 +11,8 @@ from pydantic import AfterValidator, BeforeValidator
 from api.deps import DbDep, OwnerDep, ServicesDep
 from api.presenters import job_brief, job_out
 from api.routes.common import errors
-from api.schemas import JobCreate, JobList, JobOut
-from api.services import jobs
+from api.schemas import JobCreate, JobList, JobOut, JobResume
+from api.services import jobs, resume
 from glai_common.states import STATES
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -90,6 +90,18 @@ def cancel_job(job_id: str, db: DbDep, owner: OwnerDep) -> JobOut:
     """Queued: cancelled at once. Running: `cancelling` until the worker stops at its next step.
     Already finished: unchanged. Always 200 with the job."""
     return job_out(jobs.cancel(db, owner, job_id))
+
+
+@router.post("/{job_id}/resume", status_code=202, response_model=JobOut, summary="Resume a failed job",
+             responses=errors(404, 409, 422, 503))
+def resume_job(job_id: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
+               body: JobResume | None = None) -> JobOut:
+    """A failed job (e.g. `timeout`) that has attempts left goes back to `queued` and continues from its
+    checkpoints, which are kept for failed jobs (a succeeded or cancelled job's are removed). Its time
+    limit counts again from now (`time_limit_s` to change it). 409 for any other state, for a
+    `user_error` (fix the request and submit a new job) and once `GLAI_MAX_JOB_ATTEMPTS` are used."""
+    return job_out(resume.resume(db, services.settings, services.enqueue, owner, job_id,
+                                 body or JobResume()))
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a finished job", responses=errors(404, 409))

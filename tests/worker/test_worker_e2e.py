@@ -7,7 +7,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -121,6 +120,26 @@ def _final(dep: Deployment, job_id: str, worker: WorkerProcess, timeout: float =
                     timeout, f"job {job_id} to finish", worker)
 
 
+def _broker_messages(dep: Deployment) -> int:
+    """Messages the broker still holds, waiting or taken but unacknowledged (each test has one broker)."""
+    url = dep.backend.broker_url
+    if url.startswith("redis://"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        return int(client.hlen("unacked") + client.llen("glai"))
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url.removeprefix("sqla+"))
+    try:
+        if not inspect(engine).has_table("kombu_message"):
+            return 0
+        with engine.connect() as conn:  # kombu's SQL transport hides delivered rows, never deletes them
+            return int(conn.execute(text("SELECT count(*) FROM kombu_message")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def _log(dep: Deployment, job_id: str) -> list[str]:
     with dep.sessions() as session:
         return [line.text for line in jobs.read_log(session, job_id, limit=100_000)]
@@ -163,6 +182,8 @@ def test_worker_runs_a_job_to_success(backend: Backend, deploy: Callable[[Backen
     assert metadata["architecture"]["kind"] == "glai" and len(metadata["class_names"]) == 10
     assert phases == ["structural", "quantitative", "pruning", "baseline", "exporting"]
     assert any(line.startswith("[structural] step 1/") for line in _log(dep, job_id))
+    # The job is final: its message is gone from the broker at the next reaper pass, not kept for days.
+    wait_for(lambda: _broker_messages(dep) == 0, 15, "the broker to drop the finished job's message", worker)
 
 
 def test_cancel_while_running(sqlite_backend: Backend, deploy: Callable[[Backend], Deployment]) -> None:
@@ -177,6 +198,7 @@ def test_cancel_while_running(sqlite_backend: Backend, deploy: Callable[[Backend
     assert _final(dep, job_id, worker, timeout=30) == "cancelled"
     job = job_state(dep.sessions, job_id)
     assert job.cancel_requested and job.failure_kind is None
+    assert not (dep.storage_dir / "jobs" / job_id / "checkpoints").exists()  # cannot be resumed: removed
     assert len(_curves_by_series(dep, job_id)[("structural", "val_accuracy")]) < LONG_STRUCTURAL["max_epochs"]
     with dep.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Artifact)
@@ -217,7 +239,10 @@ def test_killed_worker_is_reaped_and_the_job_resumes(redis_postgres: Backend,
     resumed_steps = [int(line.split()[2].split("/")[0]) for line in second_attempt
                      if line.startswith("[structural] step ")]
     assert resumed_steps and resumed_steps[0] > killed_at
-    assert os.path.exists(checkpoint)
+    assert not checkpoint.parent.exists()  # the job succeeded: its checkpoints are removed
     with dep.sessions() as session:
         assert session.scalar(select(func.count()).select_from(JobLogLine)
                               .where(JobLogLine.job_id == job_id)) == len(log)
+    # The killed worker's message, never acknowledged, is discarded now that the job is final instead of
+    # waiting out Redis' visibility timeout (49 h) in the unacked hash.
+    wait_for(lambda: _broker_messages(dep) == 0, 15, "the killed worker's message to be discarded", second)
