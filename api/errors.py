@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("glai.api")
 
@@ -91,6 +92,16 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
                         headers={"Retry-After": "1"})
 
 
+async def _client_disconnected(request: Request, _exc: Exception) -> JSONResponse:
+    """The client went away before its request body was read (a cancelled upload, a dropped link): its
+    own doing, nothing failed here, and the route has already removed what it had received. Logged as
+    what it is; the response goes nowhere, but the app must still finish the request with one."""
+    log.info("client disconnected during %s %s before the request body was complete; nothing was stored",
+             request.method, request.url.path)
+    return JSONResponse(error_body("the client disconnected before the request was complete"),
+                        status_code=400)
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal server error"), status_code=500)
@@ -100,6 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     for db_error in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError,
                      sqlalchemy.exc.InterfaceError):
         app.add_exception_handler(db_error, _database_unavailable)
