@@ -2,11 +2,15 @@
 
 Layout of a file:
 * tensors ``model.<state_dict key>`` (for a GLAI block: the frozen structure ``model.structure.layers.*``,
-  ``model.theta``, ``model.bias`` and, after unstructured pruning, ``model.theta_mask``) and, when the
-  inputs are standardised, ``preprocess.mean`` / ``preprocess.std``;
+  ``model.theta`` and ``model.bias``) and, when the inputs are standardised, ``preprocess.mean`` /
+  ``preprocess.std``. After unstructured pruning Theta is stored sparse (format 2, architecture
+  ``theta_storage: "packed"``): ``model.theta_values`` (the kept weights) and ``model.theta_bits`` (one bit
+  per path, ``glai_core.sparse_theta``) instead of ``model.theta`` and a dense ``model.theta_mask``, so a
+  pruned model is smaller than the dense one; format-1 files (dense Theta + mask) still load;
 * the safetensors header metadata key ``glai``: JSON with ``format_version``, ``architecture``
-  (kind mlp|glai, in_features, hidden, out_features, theta_mask), ``class_names``, ``preprocessing``,
-  ``backbone`` (null or {name, preprocessing}), ``summary`` and whatever else the caller passed.
+  (kind mlp|glai, in_features, hidden, out_features, theta_mask[, theta_storage]), ``class_names``,
+  ``preprocessing``, ``backbone`` (null or {name, preprocessing}), ``summary`` and whatever else the caller
+  passed.
 
 Loading parses and checks the header (magic, lengths, JSON, format version, expected tensor names,
 shapes and dtypes) before a single tensor byte is read, so a pickle, a truncated download or a file for
@@ -30,16 +34,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from glai_core import sparse_theta
 from glai_core.model import GLAIBlock, StructuralMLP
 from glai_core.preprocess import Standardizer
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "Artifact", "ArtifactError", "architecture_of", "load_artifact",
            "load_model", "read_metadata", "save_model"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this release writes (for packed Theta; other models are written as 1)
+READABLE_VERSIONS = (1, 2)
+PACKED = "packed"
 METADATA_KEY = "glai"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16}
+_BIT_DTYPES = {"U8": torch.uint8}
 _PREPROCESS_KEYS = ("preprocess.mean", "preprocess.std")
 
 
@@ -64,8 +72,11 @@ def architecture_of(model: nn.Module) -> dict[str, Any]:
         kind, mask = "mlp", False
     else:
         raise TypeError(f"cannot export {type(model).__name__}: only StructuralMLP and GLAIBlock")
-    return {"kind": kind, "in_features": int(model.in_features), "hidden": [int(h) for h in model.hidden],
+    arch = {"kind": kind, "in_features": int(model.in_features), "hidden": [int(h) for h in model.hidden],
             "out_features": int(model.out_features), "theta_mask": mask}
+    if mask:
+        arch["theta_storage"] = PACKED
+    return arch
 
 
 def _jsonable(value: Any) -> Any:
@@ -107,7 +118,8 @@ def _header_metadata(model: nn.Module, metadata: Mapping[str, Any], standardizer
         raise ValueError(f"{len(names)} class names for {architecture['out_features']} outputs")
     preprocessing = dict(meta.get("preprocessing") or {})
     preprocessing["standardize"] = standardizer is not None
-    meta.update(format_version=FORMAT_VERSION, architecture=architecture, class_names=names,
+    version = 2 if architecture.get("theta_storage") == PACKED else 1  # dense files stay readable by 1
+    meta.update(format_version=version, architecture=architecture, class_names=names,
                 preprocessing=preprocessing, backbone=_normalise_backbone(meta.get("backbone")),
                 summary=meta.get("summary") or {})
     return _jsonable(meta)
@@ -115,6 +127,8 @@ def _header_metadata(model: nn.Module, metadata: Mapping[str, Any], standardizer
 
 def _tensors(model: nn.Module, standardizer: Standardizer | None) -> dict[str, torch.Tensor]:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, GLAIBlock) and model.theta_mask is not None:
+        tensors.update(sparse_theta.pack(tensors.pop("model.theta"), tensors.pop("model.theta_mask")))
     if standardizer is not None:
         d = model.in_features
         for key, tensor in standardizer.tensors().items():
@@ -218,13 +232,19 @@ def _positive_int(value: Any, what: str) -> int:
 
 def _check_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"unknown artifact format version {version!r}; this version of glai reads format "
-                            f"{FORMAT_VERSION} (was the model exported by a newer release?)")
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"unknown artifact format version {version!r}; this version of glai reads "
+                            f"formats {', '.join(map(str, READABLE_VERSIONS))} (was the model exported by a "
+                            "newer release?)")
     arch = meta.get("architecture")
     if not isinstance(arch, dict) or arch.get("kind") not in ("mlp", "glai"):
         raise ArtifactError("the header's architecture is missing or has an unknown kind (expected mlp or "
                             "glai)")
+    storage = arch.get("theta_storage")
+    if storage is not None and (storage != PACKED or version < 2 or arch["kind"] != "glai"
+                                or not arch.get("theta_mask")):
+        raise ArtifactError(f"theta_storage {storage!r} is only valid as 'packed' for a masked GLAI block in "
+                            "format 2")
     _positive_int(arch.get("in_features"), "in_features")
     _positive_int(arch.get("out_features"), "out_features")
     hidden = arch.get("hidden")
@@ -254,7 +274,13 @@ def _empty_model(arch: dict[str, Any]) -> nn.Module:
 
 
 def _expected_tensors(model: nn.Module, arch: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple]:
-    expected = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    """Tensor name -> shape; ``()`` with a ``None`` entry is a 1-D tensor of any length (packed values)."""
+    expected: dict[str, Any] = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    if arch.get("theta_storage") == PACKED:
+        shape = expected.pop("model.theta")
+        del expected["model.theta_mask"]
+        expected[sparse_theta.BITS] = (sparse_theta.packed_bytes(shape),)
+        expected[sparse_theta.VALUES] = (None,)
     if (meta.get("preprocessing") or {}).get("standardize"):
         expected.update({key: (arch["in_features"],) for key in _PREPROCESS_KEYS})
     return expected
@@ -271,13 +297,16 @@ def _compare(entries: dict[str, Any], expected: dict[str, tuple]) -> None:
                             f"{', '.join(unexpected[:5])}")
     for name, shape in expected.items():
         entry = entries[name]
-        if entry.get("dtype") not in _DTYPES:
+        dtypes = _BIT_DTYPES if name == sparse_theta.BITS else _DTYPES
+        if entry.get("dtype") not in dtypes:
             raise ArtifactError(f"tensor {name} has unsupported dtype {entry.get('dtype')!r}")
-        if tuple(entry.get("shape", ())) != shape:
-            raise ArtifactError(f"tensor {name} has shape {tuple(entry.get('shape', ()))}, its architecture "
-                                f"needs {shape}")
+        found = tuple(entry.get("shape", ()))
+        if shape == (None,):  # any length, checked against the bits once they are read
+            shape = found if len(found) == 1 else (0, 0)
+        if found != shape:
+            raise ArtifactError(f"tensor {name} has shape {found}, its architecture needs {shape}")
         start, stop = entry["data_offsets"]
-        if math.prod(shape) * _DTYPES[entry["dtype"]].itemsize != stop - start:
+        if math.prod(shape) * dtypes[entry["dtype"]].itemsize != stop - start:
             raise ArtifactError(f"tensor {name}: byte length does not match its shape")
 
 
@@ -302,6 +331,14 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cp
     standardizer = None
     if all(key in tensors for key in _PREPROCESS_KEYS):
         standardizer = Standardizer.from_tensors({key: tensors.pop(key) for key in _PREPROCESS_KEYS})
+    if arch.get("theta_storage") == PACKED:
+        assert isinstance(model, GLAIBlock)
+        try:
+            values, bits = tensors.pop(sparse_theta.VALUES), tensors.pop(sparse_theta.BITS)
+            theta, mask = sparse_theta.unpack(values, bits, tuple(model.theta.shape))
+        except ValueError as exc:
+            raise ArtifactError(f"the model file is corrupted: {exc}") from exc
+        tensors.update({"model.theta": theta, "model.theta_mask": mask})
     state = {key.removeprefix("model."): value for key, value in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()

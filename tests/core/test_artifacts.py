@@ -79,7 +79,8 @@ def test_roundtrip_reproduces_predictions_bit_for_bit(make, tmp_path: Path) -> N
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert type(loaded) is type(model) and not loaded.training
-    assert meta["format_version"] == FORMAT_VERSION and meta["class_names"] == ["a", "b", "c", "d"]
+    packed = isinstance(model, GLAIBlock) and model.theta_mask is not None  # sparse Theta: format 2
+    assert meta["format_version"] == (2 if packed else 1) and meta["class_names"] == ["a", "b", "c", "d"]
     assert meta["architecture"]["hidden"] == model.hidden
     if isinstance(model, GLAIBlock):
         assert not any(p.requires_grad for p in loaded.structure.parameters())
@@ -136,8 +137,7 @@ def test_save_refuses_wrong_class_name_count(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- refusals
 
 def _saved(tmp_path: Path) -> Path:
-    return save_model(tmp_path / "m.safetensors", _glai([6, 5], masked=True), {},
-                      standardizer=Standardizer.identity(D))
+    return save_model(tmp_path / "m.safetensors", _glai([6, 5]), {}, standardizer=Standardizer.identity(D))
 
 
 def test_pickle_is_refused_without_unpickling(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_plain_safetensors_without_glai_metadata_is_refused(tmp_path: Path) -> N
 def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     _rewrite_glai(path, format_version=FORMAT_VERSION + 1)
-    with pytest.raises(ArtifactError, match="unknown artifact format version 2"):
+    with pytest.raises(ArtifactError, match=f"unknown artifact format version {FORMAT_VERSION + 1}"):
         load_model(path)
 
 
@@ -214,7 +214,8 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     ({"hidden": []}, "non-empty list"),
     ({"in_features": -3}, "in_features must be a positive integer"),
     ({"hidden": [6, 4]}, "has shape"),
-    ({"theta_mask": False}, "does not use: model.theta_mask"),
+    ({"theta_mask": True}, "lacks tensors model.theta_mask"),
+    ({"theta_storage": "packed"}, "only valid as 'packed' for a masked GLAI block in format 2"),
     ({"kind": "mlp"}, "lacks tensors model.layers.0.bias"),
 ])
 def test_header_that_does_not_match_the_tensors_is_refused(architecture: dict, message: str,
