@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from api.methods import allowed_methods
+
 log = logging.getLogger("glai.api")
 
 
@@ -61,11 +63,18 @@ _REWORDED = {  # FastAPI's own messages, said so that the client knows what to f
 }
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     detail = _REWORDED.get(detail, detail)
-    return JSONResponse(error_body(detail), status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # any method this path lacks, TRACE and unknown ones included
+        allowed = allowed_methods(request.app.router.routes, request.scope)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            detail = (f"{request.method[:32]} is not allowed on {request.url.path[:200]}; "
+                      f"use {' or '.join(allowed)}")
+    return JSONResponse(error_body(detail), status_code=exc.status_code, headers=headers or None)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
