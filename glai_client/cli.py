@@ -7,18 +7,24 @@ file `glai serve` writes (<GLAI_DATA_DIR>/local_api_key).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from glai_client.client import FINAL_STATES, GlaiClient, GlaiError
-from glai_client.config import api_key, api_url
+from glai_client.cli_jobs import jobs_app, list_jobs
+from glai_client.cli_output import CursorOption, console, err
+from glai_client.cli_output import bad_input as _bad_input
+from glai_client.cli_output import client as _client
+from glai_client.cli_output import fail as _fail
+from glai_client.cli_output import next_page as _next_page
+from glai_client.cli_output import print_json as _print_json
+from glai_client.cli_output import table as _table
+from glai_client.cli_output import watch_until_done as _watch
+from glai_client.client import FINAL_STATES, GlaiError
 from glai_client.job_options import BadInput, JobOptions, job_body
 from glai_client.progress import job_progress
 
@@ -26,53 +32,9 @@ app = typer.Typer(help="GLAI (GreenLightningAI) training service.", no_args_is_h
                   pretty_exceptions_enable=False)
 datasets_app = typer.Typer(help="Upload and manage datasets.", no_args_is_help=True)
 admin_app = typer.Typer(help="API keys, directly on the database (GLAI_DATABASE_URL).", no_args_is_help=True)
-jobs_app = typer.Typer(help="List, resume and delete jobs (submit, status, watch, cancel: top level).",
-                       no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(admin_app, name="admin")
-# Piped or redirected output is read by programs (grep, cut, another script): rich would cut tables and
-# wrap lines at 80 columns there ("succeed…"), so without a terminal lines are as long as they need.
-PIPE_WIDTH = 4096
-
-
-def _width(stream: TextIO) -> int | None:
-    isatty = getattr(stream, "isatty", None)
-    return None if isatty is not None and isatty() else PIPE_WIDTH
-
-
-console = Console(width=_width(sys.stdout))
-err = Console(stderr=True, width=_width(sys.stderr))
-
-
-def _client() -> GlaiClient:
-    return GlaiClient(api_url(), api_key())
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    """The API refused or could not be reached: one line, status 1."""
-    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-    return typer.Exit(1)
-
-
-def _bad_input(exc: Exception) -> typer.Exit:
-    """A value given on the command line (or a local file) cannot be used: one line, status 2."""
-    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-    return typer.Exit(2)
-
-
-def _table(*columns: str) -> Table:
-    """A table whose id column is never cut: ids are what users copy into the next command."""
-    table = Table()
-    for name in columns:
-        table.add_column(name, no_wrap=name == "id", min_width=32 if name == "id" else None)
-    return table
-
-
-def _print_json(data: Any) -> None:
-    console.print_json(json.dumps(data))
-
-
 # ------------------------------------------------------------------ service
 
 @app.command()
@@ -139,35 +101,6 @@ def submit(
         raise _fail(exc) from exc
 
 
-def _list_jobs(state: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
-    try:
-        with _client() as client:
-            page = client.list_jobs(state=state, limit=limit, cursor=cursor)
-    except GlaiError as exc:
-        raise _fail(exc) from exc
-    if as_json:
-        _print_json(page)
-        return
-    table = _table("id", "state", "phase", "progress", "created")
-    for job in page["items"]:
-        reading = job_progress(job)
-        where = reading.phase or reading.stopped_in or ""  # a finished job has no phase in progress
-        done = "" if reading.fraction is None else f"{reading.fraction:.0%}"
-        table.add_row(job["id"], job["state"], where, done, job["created_at"][:19])
-    console.print(table)
-    _next_page(page)
-
-
-def _next_page(page: dict[str, Any]) -> None:
-    """On stderr, so stdout stays the table alone."""
-    if page.get("next_cursor"):
-        err.print(f"more: --cursor {page['next_cursor']}", highlight=False, soft_wrap=True)
-
-
-CursorOption = Annotated[str | None, typer.Option(help="When listing: `next_cursor` of the previous page "
-                                                       "(printed after a full page).")]
-
-
 @app.command()
 def status(
     job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list recent jobs.")] = None,
@@ -178,7 +111,7 @@ def status(
 ) -> None:
     """Show one job, or list your recent jobs."""
     if job_id is None:
-        _list_jobs(state, limit, cursor, as_json)
+        list_jobs(state, limit, cursor, as_json)
         return
     try:
         with _client() as client:
@@ -200,19 +133,6 @@ def status(
         console.print(f"  artifact {artifact['name']} ({artifact['size_bytes']} bytes)")
 
 
-def _watch(client: GlaiClient, job_id: str) -> None:
-    from glai_client.watch import watch as watch_job
-
-    job = watch_job(client, job_id, console)
-    reading = job_progress(job)
-    console.print(f"job {job['id']} {job['state']}"
-                  + (f" in {reading.stopped_in}" if reading.stopped_in else ""), highlight=False)
-    if job["state"] == "failed":
-        console.print(f"[red]{escape(str(job.get('failure_kind')))}: "
-                      f"{escape(str(job.get('failure_message')))}[/red]")
-        raise typer.Exit(1)
-
-
 @app.command()
 def watch(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Follow a job with a progress bar per phase until it ends."""
@@ -232,46 +152,6 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     except GlaiError as exc:
         raise _fail(exc) from exc
     console.print(f"job {job['id']} {job['state']}")
-
-
-@jobs_app.command("list")
-def jobs_list(
-    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
-    limit: Annotated[int, typer.Option(help="How many.")] = 20,
-    cursor: CursorOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
-) -> None:
-    """List your jobs, newest first (the same as `glai status` without a job id)."""
-    _list_jobs(state, limit, cursor, as_json)
-
-
-@jobs_app.command("delete")
-def jobs_delete(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
-    """Delete a finished job with its curves, logs, checkpoints and models (refused while it runs)."""
-    try:
-        with _client() as client:
-            client.delete_job(job_id)
-    except GlaiError as exc:
-        raise _fail(exc) from exc
-    console.print(f"deleted {job_id}", highlight=False)
-
-
-@jobs_app.command("resume")
-def jobs_resume(
-    job_id: Annotated[str, typer.Argument(help="Job id of a failed (e.g. timed-out) job.")],
-    time_limit: Annotated[int | None, typer.Option(help="Seconds of running time it gets from now on "
-                                                        "(default: its own time limit again).")] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
-) -> None:
-    """Queue a failed or timed-out job again: it continues from its checkpoints (within its attempts)."""
-    try:
-        with _client() as client:
-            job = client.resume_job(job_id, time_limit)
-            console.print(f"job [bold]{job['id']}[/bold] {job['state']}")
-            if watch:
-                _watch(client, job["id"])
-    except GlaiError as exc:
-        raise _fail(exc) from exc
 
 
 @app.command()
