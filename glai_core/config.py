@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Solver = Literal["auto", "adam", "ridge", "ridge+adam"]
+Solver = Literal["auto", "adam", "ridge", "ridge+adam", "lbfgs", "ridge+lbfgs"]
 
 
 @dataclass
@@ -17,35 +17,30 @@ class ArchitectureConfig:
     """The reference MLP the user would have trained; GLAI widths are derived from it."""
 
     hidden: list[int] = field(default_factory=lambda: [256])
-    reduction_factor: float | None = None  # None: match trainable parameters automatically
-
-
-RECOMMENDED_MIN_EPOCHS = 6  # measured best stop-rule floor for time to target (see StructuralConfig)
+    # None: match trainable parameters; "adaptive": sized by the data (glai_core.defaults), not matched
+    reduction_factor: float | str | None = None
 
 
 @dataclass
 class StructuralConfig:
-    """Stop rule: path distance < ``threshold`` for ``window`` consecutive epochs, after ``min_epochs``.
+    """Stop rule: path distance < ``threshold`` for ``window`` consecutive checks, after ``min_epochs``.
 
-    The epoch-to-epoch path distance falls below 0.05 within 2-5 epochs on every benchmark task (digits,
-    MNIST-1D, MNIST-5k, tweets+MiniLM, Fashion-MNIST+EfficientNet; Fashion-MNIST pixels hovers at
-    ~0.03), so the distance alone would freeze at epoch 2-4. ``min_epochs`` = 6 is measured best for time to
-    target (docs/performance.md, "stop rule"): S is 3-10x narrower than the reference MLP, so its epochs
-    are cheap, and on frozen features S itself keeps gaining fast (Fashion-EfficientNet 0.851 at epoch 3,
-    0.869 at 6; tweets 0.794 -> 0.797), which shortens phase 2: Fashion-EfficientNet went from 1.2x to
-    3.0x the MLP, tweets from 0.3x to ~1x, Fashion-MNIST pixels from -1.05 to -0.7 pp; MNIST-5k stayed
-    ~1.4x. MNIST-1D is the exception (S barely learns in 6 epochs; GLAI falls short there either way).
+    A check compares the gates on the probe set with those of the previous check, ``check_interval``
+    epochs earlier. Fields left ``None`` are chosen from the data by ``glai_core.defaults`` (batch near
+    N/32, budgets in optimiser steps), so a 150-row table and Fashion-MNIST both get enough steps.
     ``max_epochs`` always wins: with max_epochs below min_epochs the phase simply runs max_epochs.
     """
 
-    max_epochs: int = 30
-    min_epochs: int = 6
-    threshold: float = 0.05  # path distance below which the structure counts as stable
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    threshold: float = 0.02  # path distance per 100 optimiser steps below which the structure is stable
     window: int = 2  # consecutive checks below the threshold before freezing
-    lr: float = 1e-3
-    batch_size: int = 512
+    lr: float | None = None
+    batch_size: int | None = None
     weight_decay: float = 0.0
     probe_size: int = 2000
+    check_interval: int | None = None  # epochs between two structure checks (path distances)
+    patience: int | None = None  # epochs without validation improvement before S freezes at its best
 
 
 @dataclass
@@ -72,18 +67,21 @@ class QuantitativeConfig:
 
     solver: Solver = "auto"
     warm_start: bool = True
-    epochs: int = 10
+    epochs: int | None = None  # None: from the data (glai_core.defaults)
     lr: float = 6e-4
-    batch_size: int = 512
+    batch_size: int | None = None
     schedule: Literal["constant", "linear"] = "linear"
     ridge_lambda: float = 1e-1  # relative to mean diag(F^T F); the centre of the validation search
     ridge_lambda_search: int = 1  # also try ridge_lambda * 10^k for |k| <= this (exact solvers only)
-    patience: int = 4  # the first, largest-lr epoch may dip below the warm start (tweets): allow recovery
+    patience: int | None = None  # the first, largest-lr epochs may dip below the warm start: allow recovery
     backtrack: bool = True  # an epoch without improvement: restore the best point, halve the lr
     max_normal_matrix_bytes: int = 2 * 1024**3  # above this (primal and dual) the ridge solve uses CG
     cg_max_iter: int = 200
     cg_tol: float = 1e-5
-    auto_budget_epochs: float = 12.0  # auto: closed form only if it costs at most this many Adam epochs
+    lbfgs_iterations: int = 100  # full-batch L-BFGS on cross-entropy (glai_core.lbfgs): at most this many
+    lbfgs_eval_every: int = 5  # iterations between two validation scores (one curve point each)
+    lbfgs_patience: int = 3  # scores without improvement before L-BFGS stops
+    max_feature_bytes: int = 512 * 1024**2  # L-BFGS builds the explicit path features up to this size
     # First-order phase 2 updates Theta only along the top ``input_rank`` principal directions of the
     # inputs (plus the bias column) when d >= 2 * input_rank; None or 0: the full input space.
     input_rank: int | None = None
@@ -105,11 +103,13 @@ class PruningConfig:
 
 @dataclass
 class BaselineConfig:
+    """The parameter-matched MLP; fields left ``None`` are chosen from the data (glai_core.defaults)."""
+
     enabled: bool = True
-    max_epochs: int = 30
-    patience: int = 3
-    lr: float = 1e-3
-    batch_size: int = 512
+    max_epochs: int | None = None
+    patience: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
 
 
 @dataclass

@@ -176,6 +176,7 @@ class ParameterMatch:
     mlp_params: int
     glai_trainable_params: int
     structure_params: int
+    parameter_matched: bool = True  # False when r was given or chosen by a rule other than matching
 
 
 def match_parameters(in_features: int, reference_hidden: list[int], out_features: int,
@@ -187,6 +188,7 @@ def match_parameters(in_features: int, reference_hidden: list[int], out_features
     h' = (P_mlp - m) / ((d+1) m), rounded.
     """
     p_mlp = mlp_param_count(in_features, reference_hidden, out_features)
+    matched = reduction_factor is None
 
     def widths(r: float) -> list[int]:
         return [max(1, round(h / r)) for h in reference_hidden]
@@ -211,7 +213,7 @@ def match_parameters(in_features: int, reference_hidden: list[int], out_features
     if reduction_factor <= 0:
         raise ValueError("reduction_factor must be positive")
     hidden = widths(reduction_factor)
-    return ParameterMatch(
+    return ParameterMatch(parameter_matched=matched,
         reference_hidden=list(reference_hidden), glai_hidden=hidden, reduction_factor=float(reduction_factor),
         mlp_params=p_mlp, glai_trainable_params=glai_trainable_count(in_features, hidden, out_features),
         structure_params=mlp_param_count(in_features, hidden, out_features))

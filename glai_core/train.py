@@ -56,7 +56,8 @@ class FitSettings:
     batch_size: int
     weight_decay: float = 0.0
     patience: int | None = None  # None: run all epochs; else stop after that many without improvement
-    keep_best: bool = True  # restore the best-validation weights at the end
+    # restore the best-validation weights at the end; "patience": only when patience ended the phase
+    keep_best: bool | str = True
     seed: int = 0
     poll_seconds: float = 1.0
     schedule: str = "constant"  # or "linear": lr decays per epoch to 0 at ``epochs`` (convex phase 2)
@@ -319,10 +320,11 @@ def _best_loss(state: PhaseState) -> float:
 
 
 def _save(path: Path | None, state: PhaseState, model: nn.Module, optimizer: torch.optim.Optimizer,
-          best: Best, generator: torch.Generator, stopped_by: str | None, keep_best: bool) -> None:
+          best: Best, generator: torch.Generator, stopped_by: str | None, keep_best: bool | str) -> None:
     """End of epoch: plain checkpoint; end of phase: restore best weights and mark finished."""
     if stopped_by is not None:
-        if keep_best and best.weights is not None:
+        restore = keep_best is True or (keep_best == "patience" and stopped_by == "patience")
+        if restore and best.weights is not None:
             model.load_state_dict(best.weights)
         state.finished, state.stopped_by = True, stopped_by
     if path is None:
