@@ -191,11 +191,12 @@ def test_ridge_fit_picks_the_cheaper_exact_method() -> None:
 
 
 def test_auto_solver_follows_the_cost_model() -> None:
-    cfg = QuantitativeConfig(solver="auto")
-    small, info = choose_phase2(4000, 1000, 40, [31], 10, cfg)  # MNIST-1D: D = 1271
-    assert small == "ridge+adam" and info["closed_form"] == "cholesky"
-    large, info = choose_phase2(48000, 12000, 784, [26], 10, cfg)  # Fashion-MNIST pixels: D = 20k, N = 48k
-    assert large == "adam" and float(info["closed_form_epochs"]) > cfg.auto_budget_epochs
+    cfg = QuantitativeConfig(solver="auto", batch_size=128, epochs=10)
+    small, info = choose_phase2(4000, 1000, 40, [31], 10, cfg)  # MNIST-1D: D = 1271, exact form cheap
+    assert small.startswith("ridge+") and info["closed_form"] == "cholesky"
+    large, info = choose_phase2(48000, 12000, 784, [26], 10, QuantitativeConfig(solver="auto", batch_size=512,
+                                                                                  epochs=10))
+    assert large == "adam" and info["closed_form"] == "cg"  # Fashion-MNIST pixels: D = 20k, N = 48k
     assert choose_phase2(10, 10, 4, [3], 2, QuantitativeConfig(solver="ridge"))[0] == "ridge"
 
 
@@ -210,15 +211,20 @@ def test_auto_and_adam_phases_keep_the_warm_start_and_resume(digits_sets: tuple[
     result = quantitative_phase(reference, train, val, cfg, hooks)
     assert result.best_accuracy >= hooks.events[0].metrics["val_accuracy"]
     if solver == "auto":  # digits: D = 13 * 65 is small, so the closed form runs first
-        assert result.extra["auto"]["solver"] == "ridge+adam" and hooks.events[1].metrics["ridge_lambda"] > 0
+        assert result.extra["auto"]["solver"].startswith("ridge+")
+        assert hooks.events[1].metrics["ridge_lambda"] > 0
     stopped = RecordingHooks(checkpoint_dir=tmp_path, stop_after=2)
     with pytest.raises(Cancelled):
         quantitative_phase(GLAIBlock.from_structure(structure), train, val, cfg, stopped,
                            checkpoint=tmp_path / "q.safetensors")
     resumed = GLAIBlock.from_structure(structure)
-    quantitative_phase(resumed, train, val, cfg, RecordingHooks(checkpoint_dir=tmp_path),
-                       checkpoint=tmp_path / "q.safetensors")
-    assert torch.equal(resumed.theta, reference.theta)
+    again = quantitative_phase(resumed, train, val, cfg, RecordingHooks(checkpoint_dir=tmp_path),
+                               checkpoint=tmp_path / "q.safetensors")
+    if result.extra["solver"].endswith("adam"):  # the same epochs replayed bit for bit
+        assert torch.equal(resumed.theta, reference.theta)
+    else:  # L-BFGS resumes from its checkpoint with a fresh curvature memory: the same quality
+        assert again.best_accuracy >= hooks.events[0].metrics["val_accuracy"]
+        assert again.best_accuracy == pytest.approx(result.best_accuracy, abs=0.02)
 
 
 def test_cached_gates_train_like_recomputed_gates(digits_sets: tuple[DeviceSet, DeviceSet]) -> None:
