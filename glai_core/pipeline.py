@@ -12,6 +12,7 @@ over its own epochs. The first step whose validation accuracy reaches the target
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from glai_core import prune_checkpoint
 from glai_core.checkpoint import PhaseState, load_checkpoint, phase_path
 from glai_core.config import BaselineConfig, PruningConfig, StructuralConfig, TrainConfig
 from glai_core.data import LoadedData
+from glai_core.defaults import adapt, adaptive_reduction, baseline_settings, structural_settings
 from glai_core.hooks import Cancelled, Hooks
 from glai_core.metrics import GateCache, evaluate, structural_distances
 from glai_core.model import GLAIBlock, ParameterMatch, StructuralMLP, match_parameters
@@ -89,6 +91,18 @@ def precision_label(autocast: torch.dtype | None, device: torch.device) -> str:
     return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
 
 
+def architecture_match(d: int, hidden: list[int], m: int, reduction_factor: float | str | None, n: int,
+                       chosen: dict[str, str] | None = None) -> ParameterMatch:
+    """GLAI's widths: parameter-matched (None), a given r, or ``"adaptive"`` (``defaults.adaptive_reduction``,
+    recorded in ``chosen``)."""
+    if reduction_factor == "adaptive":
+        r, why = adaptive_reduction(d, hidden, m, n)
+        if chosen is not None:
+            chosen["architecture.reduction_factor"] = why
+        return match_parameters(d, hidden, m, r)
+    return match_parameters(d, hidden, m, None if reduction_factor is None else float(reduction_factor))
+
+
 def _n_classes(data: LoadedData) -> int:
     labels = [int(data.y.max())] + ([int(data.y_val.max())] if data.y_val is not None else [])
     return max(len(data.class_names), max(labels) + 1)
@@ -106,8 +120,9 @@ def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> Pipelin
                    budget_bytes=config.device_memory_budget_bytes)
     train, val, standardizer = placed.train, placed.val, placed.standardizer
     d, m = train.x.shape[1], _n_classes(data)
+    config, effective = adapt(config, len(train), d, m)
     arch = config.architecture
-    match = match_parameters(d, arch.hidden, m, arch.reduction_factor)
+    match = architecture_match(d, arch.hidden, m, arch.reduction_factor, len(train), effective["chosen"])
     ckpt_dir = hooks.checkpoint_dir
     autocast = resolve_precision(config.precision, device)
 
@@ -135,6 +150,7 @@ def run_pipeline(data: LoadedData, config: TrainConfig, hooks: Hooks) -> Pipelin
         histories["baseline"] = baseline.history
     summary = build_summary(match, structural, quant, baseline, pruned)
     summary["training_precision"] = precision_label(autocast, device)
+    summary["effective_settings"] = effective
     return PipelineResult(match=match, standardizer=standardizer, structure=structure, glai=block,
                           pruned=pruned, summary=summary, histories=histories,
                           baseline=None if baseline is None else baseline.model)  # type: ignore[arg-type]
@@ -152,13 +168,18 @@ def hooks_end(hooks: Hooks, phase: str, result: FitResult) -> None:
 
 # ------------------------------------------------------------------------------------ structural
 
+RATE = "path_distance_per_100_steps"
+
+
 def stability_rule(cfg: StructuralConfig):  # noqa: ANN201 (returns a StopRule)
-    """Stop once the path distance stayed below ``threshold`` for ``window`` consecutive epochs and at
-    least ``min_epochs`` epochs ran (epochs before ``min_epochs`` may count towards the window)."""
+    """Stop once the path distance per 100 optimiser steps stayed below ``threshold`` for ``window``
+    consecutive checks and at least ``min_epochs`` epochs ran (checks before ``min_epochs`` count towards
+    the window). Per step, so the rule means the same at batch 16 on 150 rows and at batch 512 on 60k."""
     def rule(history: list[dict[str, float]]) -> str | None:
-        recent = [h.get("path_distance", float("inf")) for h in history[-cfg.window:]]
+        checks = [h[RATE] for h in history if RATE in h]
+        recent = checks[-cfg.window:]
         settled = len(recent) >= cfg.window and max(recent) < cfg.threshold
-        if settled and history[-1]["step"] >= cfg.min_epochs:
+        if settled and RATE in history[-1] and history[-1]["step"] >= cfg.min_epochs:
             return "threshold"
         return None
     return rule
@@ -169,24 +190,39 @@ def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int
                      autocast: torch.dtype | None = None) -> FitResult:
     """Train S and stop when its activation pattern on the probe set has settled.
 
-    The frozen structure is S at the stopping epoch (whose gates were found stable), not the best one.
+    Every ``check_interval`` epochs the gates on the probe set are compared with those of the previous
+    check (the curves ``path_distance`` and ``unit_distance`` have a point per check). The frozen
+    structure is S at the stopping epoch (whose gates were found stable), not the best one; but when S
+    stops improving on validation first (``patience``: noisy tables overfit while their gates still
+    move), the best S so far is frozen, so S never trains longer than an early-stopped MLP would.
     """
+    cfg = structural_settings(cfg, len(train))  # unset fields from the data (a no-op after adapt)
     torch.manual_seed(seed)
     structure = StructuralMLP(train.x.shape[1], hidden, m).to(train.x.device)
     ckpt = load_checkpoint(checkpoint)
-    if ckpt is not None:  # the distance of the next epoch is measured against the saved weights' gates
+    if ckpt is not None:  # the distance of the next check is measured against the saved weights' gates
         structure.load_state_dict(ckpt.group("model"))
     probe = val.x[:cfg.probe_size]
     previous = {"gates": structure.gates(probe)}
+    interval = max(1, cfg.check_interval or 1)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    start = 0 if ckpt is None else ckpt.state.step
+    epoch = {"done": start, "checked": start}
 
     def distances(model: torch.nn.Module) -> dict[str, float]:
+        epoch["done"] += 1
+        if epoch["done"] % interval and epoch["done"] < cfg.max_epochs:
+            return {}
         current = model.gates(probe)  # type: ignore[operator]
         values = structural_distances(previous["gates"], current)
-        previous["gates"] = current
+        steps = (epoch["done"] - epoch["checked"]) * steps_per_epoch
+        values[RATE] = values["path_distance"] * 100.0 / max(1, steps)
+        previous["gates"], epoch["checked"] = current, epoch["done"]
         return values
 
     settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                           weight_decay=cfg.weight_decay, keep_best=False, seed=seed + 1, autocast=autocast)
+                           weight_decay=cfg.weight_decay, patience=cfg.patience, keep_best="patience",
+                           seed=seed + 1, autocast=autocast)
     return fit(structure, train, val, settings, hooks, "structural", checkpoint=checkpoint,
                epoch_metrics=distances, stop_rule=stability_rule(cfg))
 
@@ -197,6 +233,7 @@ def baseline_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, 
                    hooks: Hooks, checkpoint: Path | None, seed: int,
                    autocast: torch.dtype | None = None) -> FitResult:
     """The reference-width MLP, same loop and data, early-stopped on validation; best weights kept."""
+    cfg = baseline_settings(cfg, len(train))  # unset fields from the data (a no-op after adapt)
     torch.manual_seed(seed + 7)
     model = StructuralMLP(train.x.shape[1], hidden, m).to(train.x.device)
     settings = FitSettings(epochs=cfg.max_epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience,
@@ -290,12 +327,22 @@ def time_to_target(histories: list[list[dict[str, float]]], target: float | None
     return None
 
 
+PROTOCOLS = {
+    "speedup": "(a) time to target: the MLP's best validation accuracy - 0.5 pp; MLP seconds / GLAI seconds, "
+               "GLAI's clock over phases 1 and 2 (the paper's protocol)",
+    "total_time_speedup": "(b) total training time, early stopping included, of each model: MLP seconds / "
+                          "GLAI seconds (what a user waits for)",
+}
+
+
 def build_summary(match: ParameterMatch, structural: FitResult, quant: FitResult, baseline: FitResult | None,
                   pruned: list[PruneResult]) -> dict[str, Any]:
     baseline_acc = baseline.best_accuracy if baseline is not None else None
     target = None if baseline_acc is None else baseline_acc - TARGET_MARGIN
     glai_tt = time_to_target([structural.history, quant.history], target)
     base_tt = time_to_target([baseline.history], target) if baseline is not None else None
+    glai_total = structural.seconds + quant.seconds
+    base_total = baseline.seconds if baseline is not None else None
     return {
         "glai_accuracy": quant.best_accuracy,
         "structure_accuracy": structural.history[-1]["val_accuracy"] if structural.history else None,
@@ -304,13 +351,17 @@ def build_summary(match: ParameterMatch, structural: FitResult, quant: FitResult
         "pruned": {f"{r.sparsity:g}": float(r.accuracy) for r in pruned},
         "structural_epochs": len(structural.history),
         "baseline_epochs": len(baseline.history) if baseline is not None else None,
-        "glai_seconds": structural.seconds + quant.seconds,
-        "baseline_seconds": baseline.seconds if baseline is not None else None,
+        "glai_seconds": glai_total,
+        "baseline_seconds": base_total,
         "target_accuracy": target,
         "glai_time_to_target_s": glai_tt,
         "baseline_time_to_target_s": base_tt,
         "speedup": base_tt / glai_tt if glai_tt and base_tt is not None else None,
+        "total_time_speedup": base_total / glai_total if base_total is not None and glai_total > 0 else None,
+        "protocols": PROTOCOLS,
+        "phase2_solver": quant.extra.get("solver"),
         "reduction_factor": match.reduction_factor,
+        "parameter_matched": match.parameter_matched,
         "glai_hidden": match.glai_hidden,
         "reference_hidden": match.reference_hidden,
         "mlp_params": match.mlp_params,

@@ -18,10 +18,11 @@ SUMMARY_KEYS = {
     "structural_epochs", "baseline_epochs", "glai_seconds", "baseline_seconds", "target_accuracy",
     "glai_time_to_target_s", "baseline_time_to_target_s", "speedup", "reduction_factor", "glai_hidden",
     "reference_hidden", "mlp_params", "glai_trainable_params", "structure_params", "stopped_by",
-    "training_precision",
+    "training_precision", "effective_settings", "total_time_speedup", "protocols", "phase2_solver",
+    "parameter_matched",
 }
 TIMING_KEYS = {"glai_seconds", "baseline_seconds", "glai_time_to_target_s", "baseline_time_to_target_s",
-               "speedup"}
+               "speedup", "total_time_speedup"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -66,8 +67,17 @@ def test_pipeline_on_digits(digits: LoadedData) -> None:
         assert all({"train_loss", "val_loss", "val_accuracy"} <= set(e.metrics)
                    for e in hooks.events if e.phase == phase)
     structural = [e for e in hooks.events if e.phase == "structural"]
-    assert all({"unit_distance", "path_distance"} <= set(e.metrics) for e in structural)
+    interval = summary["effective_settings"]["structural"]["check_interval"]
+    last = summary["effective_settings"]["structural"]["max_epochs"]
+    checks = [e for e in structural if "path_distance" in e.metrics]
+    expected = [e.step for e in structural if e.step % interval == 0 or e.step >= last]
+    assert [e.step for e in checks] == expected
+    assert all({"unit_distance", "path_distance_per_100_steps"} <= set(e.metrics) for e in checks)
     assert len(structural) == summary["structural_epochs"]
+    assert summary["parameter_matched"] is True and summary["phase2_solver"]
+    total = summary["baseline_seconds"] / summary["glai_seconds"]
+    assert summary["total_time_speedup"] == pytest.approx(total)
+    assert set(summary["protocols"]) == {"speedup", "total_time_speedup"}
     pruning = [e for e in hooks.events if e.phase == "pruning"]
     assert [e.step for e in pruning] == [1] and pruning[0].metrics["sparsity"] == 0.5
     assert result.baseline is not None and result.baseline.hidden == [64]
@@ -110,7 +120,9 @@ def test_same_seed_same_result(digits: LoadedData) -> None:
 def test_two_hidden_layers(digits: LoadedData) -> None:
     result = run_pipeline(digits, small_config([48, 24]), RecordingHooks())
     assert len(result.match.glai_hidden) == 2
-    assert result.summary["glai_accuracy"] >= max(0.85, result.summary["warm_start_accuracy"])
+    # parameter matching leaves a [3, 2] structure here: which 6 gates S settles on moves its result by
+    # several points (0.80 at epoch 6, 0.89 at epoch 2), so the bar is the closed form's clear gain
+    assert result.summary["glai_accuracy"] >= max(0.75, result.summary["warm_start_accuracy"] + 0.4)
     x = result.standardizer.apply(torch.as_tensor(digits.x[:200]))  # the block takes standardised inputs
     assert evaluate(result.glai, x, torch.as_tensor(digits.y[:200]))[1] > 0.8
 
