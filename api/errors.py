@@ -42,14 +42,27 @@ def error_body(detail: str, field: str | None = None, **extra: Any) -> dict[str,
 _UNION_TAGS = {"float", "int", "str", "bool", "none", "list", "dict"}
 
 
+def _is_union_tag(part: str) -> bool:
+    """Pydantic names a union branch by its type: `float`, `literal['auto']`, `constrained-int`..."""
+    return part in _UNION_TAGS or part.startswith("constrained-") or "[" in part or "(" in part
+
+
 def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str | None:
     """('body', 'architecture', 'hidden', 0) -> 'architecture.hidden.0'; the request part is dropped, and
-    so are pydantic's union-branch tags (`literal['auto']`, `float`), which name no field of the API."""
+    so are pydantic's union-branch tags, which name no field of the API."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
-    parts = [p for p in parts if p not in _UNION_TAGS and "[" not in p and "(" not in p]
+    parts = [p for p in parts if not _is_union_tag(p)]
     return ".".join(parts) or None
+
+
+def _first_problem(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """The first field and what is wrong with it; a union's branches each report the same field, so their
+    messages are joined ("Input should be a valid integer or Input should be 'auto'")."""
+    field = errors[0]["field"]
+    messages = list(dict.fromkeys(e["message"] for e in errors if e["field"] == field))
+    return field, " or ".join(messages)
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -88,10 +101,9 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     errors = [{"field": _loc_to_field(e.get("loc", ())),
                "message": str(e.get("msg", "invalid value")).removeprefix("Value error, ")}
               for e in exc.errors()]
-    first = errors[0] if errors else {"field": None, "message": "invalid request"}
-    where = f"{first['field']}: " if first["field"] else ""
-    return JSONResponse(error_body(f"{where}{first['message']}", first["field"], errors=errors),
-                        status_code=422)
+    field, message = _first_problem(errors) if errors else (None, "invalid request")
+    where = f"{field}: " if field else ""
+    return JSONResponse(error_body(f"{where}{message}", field, errors=errors), status_code=422)
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:

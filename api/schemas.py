@@ -20,6 +20,7 @@ from glai_core.config import (
     QuantitativeConfig,
     StructuralConfig,
 )
+from glai_core.data import BUILTIN_NAMES
 
 _ARCH, _STRUCT, _QUANT = ArchitectureConfig(), StructuralConfig(), QuantitativeConfig()
 _PRUNE, _BASE = PruningConfig(), BaselineConfig()
@@ -44,9 +45,11 @@ class Out(BaseModel):
 
 class In(BaseModel):
     """Request bodies: unknown fields, NaN/Infinity (Python's JSON reader accepts them) and NUL characters
-    (PostgreSQL refuses them in text) are all refused with a 422 naming the field."""
+    (PostgreSQL refuses them in text) are all refused with a 422 naming the field. Types are strict, as
+    the schema states them: `"0"` is no integer, `"yes"` no boolean, `true` no width (a number where a
+    float is due is fine)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -91,12 +94,20 @@ class Health(BaseModel):
 class BuiltinDatasetCreate(In):
     """Materialise one of the bundled datasets (no download happens)."""
 
-    name: str = Field(max_length=64, description="Built-in dataset name, e.g. `digits` or `mnist1d`.",
-                      examples=["digits"])
+    name: Annotated[str, WithJsonSchema({"type": "string", "enum": list(BUILTIN_NAMES)})] = Field(
+        description="Built-in dataset name: " + ", ".join(f"`{n}`" for n in BUILTIN_NAMES) + ".",
+        examples=["digits"])
     seed: int = Field(0, ge=0, le=2**31 - 1,
                       description="Seed for datasets that are generated or split randomly.")
     display_name: str | None = Field(None, max_length=256,
                                      description="Name to show; defaults to the built-in name.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in BUILTIN_NAMES:
+            raise ValueError(f"unknown built-in dataset {name[:64]!r}; one of: {', '.join(BUILTIN_NAMES)}")
+        return name
 
 
 class DatasetOut(Out):
@@ -155,7 +166,7 @@ class ArchitectureIn(In):
                    f"{MAX_REDUCTION:g} (got {r!r:.40})")
         if r == "auto":
             return r
-        if isinstance(r, bool) or not isinstance(r, int | float | str):
+        if isinstance(r, bool) or not isinstance(r, int | float):  # strict: no numbers in strings
             raise ValueError(problem)
         try:
             value = float(r)
@@ -211,11 +222,16 @@ class QuantitativeIn(In):
                                         "halve the learning rate (the phase is convex: it overshot).")
 
 
+# What PruningIn._fractions checks, said in the schema (a plain float would document 0 and 1 as valid).
+_FRACTION = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+
+
 class PruningIn(In):
     """Path-norm pruning after training, one exported model per sparsity."""
 
     enabled: bool = Field(_PRUNE.enabled, description="Run the pruning sweep.")
-    sparsities: list[float] = Field(default_factory=lambda: list(_PRUNE.sparsities), max_length=20,
+    sparsities: list[Annotated[float, WithJsonSchema(_FRACTION)]] = Field(
+        default_factory=lambda: list(_PRUNE.sparsities), max_length=20,
                                     description="Fractions to remove, each in (0, 1).", examples=[[0.5, 0.9]])
     structured: bool = Field(_PRUNE.structured, description="Remove whole units (true) or single paths.")
     finetune_epochs: int = Field(_PRUNE.finetune_epochs, ge=0, description="Fine-tuning epochs per level.")
