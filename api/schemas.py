@@ -256,6 +256,9 @@ class BaselineIn(In):
     batch_size: int = Field(_BASE.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
 
 
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # names and tags: any text but control characters
+
+
 class JobCreate(In):
     """A training request. Everything but `dataset_id` is optional; defaults come from glai_core."""
 
@@ -264,6 +267,13 @@ class JobCreate(In):
          "structural": {"max_epochs": 20}, "pruning": {"sparsities": [0.5, 0.9]}, "seed": 1}]})
 
     dataset_id: str = Field(min_length=1, max_length=64, description="Id of one of your datasets.")
+    name: str | None = Field(None, min_length=1, max_length=256, pattern=_PRINTABLE,
+                             description="Your label for the job (not unique); `GET /v1/jobs?name=` "
+                                         "finds it.",
+                             examples=["iris-256"])
+    tags: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE)]] = Field(
+        default_factory=list, max_length=32, description="Free-form labels, kept in order (repeats dropped).",
+        examples=[["baseline", "sweep-3"]])
     architecture: ArchitectureIn = Field(default_factory=ArchitectureIn)
     structural: StructuralIn = Field(default_factory=StructuralIn)
     quantitative: QuantitativeIn = Field(default_factory=QuantitativeIn)
@@ -284,6 +294,11 @@ class JobCreate(In):
     time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Wall-clock limit in seconds; the job "
                                      "fails with kind `timeout` past it. Default: "
                                      "GLAI_DEFAULT_JOB_TIME_LIMIT_S; at most GLAI_MAX_JOB_TIME_LIMIT_S.")
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct(cls, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(tags))
 
 
 class JobResume(In):
@@ -331,6 +346,8 @@ class JobBrief(Out):
 
     id: str = Field(description="Job id (32 hex characters).")
     dataset_id: str = Field(description="The dataset it trains on.")
+    name: str | None = Field(None, description="The label given at submission, if any.")
+    tags: list[str] = Field(default_factory=list, description="The tags given at submission.")
     state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
     phase: str | None = Field(description="While running: embedding, structural, quantitative, pruning, "
                               "baseline or exporting.")

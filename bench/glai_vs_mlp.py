@@ -38,8 +38,9 @@ from bench.common import (
     report,
     to_device,
 )
-from glai_core.config import RECOMMENDED_MIN_EPOCHS, TrainConfig
+from glai_core.config import TrainConfig
 from glai_core.data import DataError
+from glai_core.defaults import adapt
 from glai_core.hooks import Hooks
 from glai_core.model import GLAIBlock, match_parameters
 from glai_core.pipeline import (
@@ -50,13 +51,7 @@ from glai_core.pipeline import (
     structural_phase,
     time_to_target,
 )
-from glai_core.solvers import (
-    adam_epoch_flops,
-    choose_phase2,
-    choose_ridge_method,
-    quantitative_phase,
-    ridge_costs,
-)
+from glai_core.solvers import choose_phase2, phase2_seconds, quantitative_phase
 from glai_core.train import DeviceSet
 
 COLUMNS = ["task", "n / d / m", "MLP acc", "MLP epochs (best/run)", "MLP time-to-target s", "solver",
@@ -64,13 +59,12 @@ COLUMNS = ["task", "n / d / m", "MLP acc", "MLP epochs (best/run)", "MLP time-to
            "speedup", "pruned 50/75/90", "verdict"]
 
 
-def _closed_form_epochs(n: int, n_val: int, d: int, hidden: list[int], m: int, config: TrainConfig) -> float:
+def _closed_form_epochs(n: int, n_val: int, d: int, hidden: list[int], m: int, config: TrainConfig,
+                        device: str) -> float:
+    """The exact closed form's estimated cost in Adam epochs (``solvers.phase2_seconds``)."""
     q = config.quantitative
-    exact = choose_ridge_method(ridge_costs(n, n_val, d, hidden, m, len(q.ridge_lambdas)),
-                                q.max_normal_matrix_bytes)
-    if exact is None:
-        return float("inf")
-    return exact.flops / adam_epoch_flops(n, d, hidden, m, q.batch_size)
+    costs = phase2_seconds(n, n_val, d, hidden, m, q, device)
+    return costs["ridge"] / (costs["adam"] / max(1, q.epochs or 1))
 
 
 def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[list[object]]:
@@ -79,6 +73,7 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
     data = task.load(args.quick, args.seed)
     train, val, _, m = to_device(data, device)
     d = train.x.shape[1]
+    config, _ = adapt(config, len(train), d, m)  # the settings a job would choose for this data
     autocast = resolve_precision(config.precision, device)
     match = match_parameters(d, config.architecture.hidden, m)
     label = name if cache_name(name) is None else f"{name} ({cache_name(name)})"
@@ -99,13 +94,14 @@ def run_task(name: str, args: argparse.Namespace, config: TrainConfig) -> list[l
                   f"{s.history[-1]['val_accuracy']:.4f}, {s.seconds:.2f} s")
 
     results: dict[str, tuple[object, float | None, GLAIBlock] | str] = {}
-    closed_epochs = _closed_form_epochs(len(train), len(val), d, match.glai_hidden, m, config)
-    auto_resolved = choose_phase2(len(train), len(val), d, match.glai_hidden, m, config.quantitative)[0]
+    closed_epochs = _closed_form_epochs(len(train), len(val), d, match.glai_hidden, m, config, device.type)
+    auto_resolved = choose_phase2(len(train), len(val), d, match.glai_hidden, m, config.quantitative,
+                                  device.type)[0]
     for solver in args.solvers:
         if solver == auto_resolved and isinstance(results.get("auto"), tuple):
             results[solver] = results["auto"]  # the same run: auto chose this solver
             continue
-        if solver in ("ridge", "ridge+adam") and closed_epochs > args.max_closed_form_epochs:
+        if solver.startswith("ridge") and closed_epochs > args.max_closed_form_epochs:
             results[solver] = (f"skipped: closed form ~{closed_epochs:.0f} Adam epochs"
                                if closed_epochs != float("inf") else "skipped: needs CG")
             continue
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--solvers", nargs="+", default=["auto", "adam", "ridge+adam"],
-                        choices=["auto", "adam", "ridge", "ridge+adam"])
+                        choices=["auto", "adam", "ridge", "ridge+adam", "lbfgs", "ridge+lbfgs"])
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="reference MLP widths")
     parser.add_argument("--max-closed-form-epochs", type=float, default=40.0,
                         help="skip explicit ridge solvers costing more than this many Adam epochs")
@@ -197,9 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-rank", type=int, default=None,
                         help="override quantitative.input_rank (0: off)")
     parser.add_argument("--phase2-schedule", choices=["constant", "linear"], default=None)
-    parser.add_argument("--min-structural-epochs", type=int, default=RECOMMENDED_MIN_EPOCHS,
-                        help="structural.min_epochs, the stop rule's floor (default: the measured "
-                             "recommendation; the library default is kept at 2 for API compatibility)")
+    parser.add_argument("--min-structural-epochs", type=int, default=None,
+                        help="structural.min_epochs, the stop rule's floor (default: chosen from the data)")
     parser.add_argument("--no-prune", dest="prune", action="store_false")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--device", default="auto")

@@ -49,9 +49,15 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
     return spec, body.time_limit_s or default
 
 
-def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int) -> str:
-    """Hash of the request's meaning (defaults filled in), so `{}` and the explicit defaults agree."""
-    doc = {"dataset_id": dataset_id, "spec": spec, "time_limit_s": time_limit_s}
+def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int, name: str | None = None,
+                 tags: list[str] | None = None) -> str:
+    """Hash of the request's meaning (defaults filled in), so `{}` and the explicit defaults agree. A name
+    and tags count only when given: keys stored before jobs had them still replay."""
+    doc: dict[str, Any] = {"dataset_id": dataset_id, "spec": spec, "time_limit_s": time_limit_s}
+    if name is not None:
+        doc["name"] = name
+    if tags:
+        doc["tags"] = tags
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -79,7 +85,7 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
            idempotency_key: str | None) -> tuple[Job, bool]:
     """Store the job (queued) and return (job, created). A replayed key returns the original job."""
     spec, time_limit_s = build_spec(body, settings)
-    digest = request_hash(body.dataset_id, spec, time_limit_s)
+    digest = request_hash(body.dataset_id, spec, time_limit_s, body.name, body.tags)
     if idempotency_key and (job := _replay(db, owner, idempotency_key, digest)) is not None:
         return job, False
 
@@ -88,8 +94,8 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
     dataset = datasets.get_owned(db, owner, body.dataset_id, "dataset_id")
     datasets.check_backbone(dataset, body.backbone)
     check_limits(spec, time_limit_s, dataset, settings)
-    job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, state=QUEUED, spec=spec,
-              time_limit_s=time_limit_s)
+    job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, name=body.name, tags=list(body.tags),
+              state=QUEUED, spec=spec, time_limit_s=time_limit_s)
     db.add(job)
     db.add(JobTransition(job_id=job.id, field="state", from_value=None, to_value=QUEUED, reason="submitted"))
     if idempotency_key:

@@ -580,6 +580,18 @@ JOB_CASES = [
     JobCase("solver-unknown", {"quantitative": {"solver": "sgd"}}, 422, ["'adam'"], "quantitative.solver"),
     JobCase("probe-huge", {"structural": {"probe_size": 10**9}}, 422, [], "structural.probe_size"),
     JobCase("patience-zero", {"baseline": {"patience": 0}}, 422, [], "baseline.patience"),
+    # a job's name and tags
+    JobCase("name-empty", {"name": ""}, 422, ["at least 1 character"], "name"),
+    JobCase("name-too-long", {"name": "n" * 257}, 422, ["at most 256"], "name"),
+    JobCase("name-control-character", {"name": "a\nb"}, 422, ["pattern"], "name"),
+    JobCase("name-nul", {"name": "a\x00b"}, 422, [], "name"),
+    JobCase("name-not-text", {"name": 7}, 422, ["valid string"], "name"),
+    JobCase("tags-not-a-list", {"tags": "a,b"}, 422, ["valid list"], "tags"),
+    JobCase("tag-too-long", {"tags": ["t" * 65]}, 422, ["at most 64"], "tags.0"),
+    JobCase("tag-empty", {"tags": ["ok", ""]}, 422, ["at least 1 character"], "tags.1"),
+    JobCase("tag-nul", {"tags": ["a\x00"]}, 422, ["pattern"], "tags.0"),
+    JobCase("tag-not-text", {"tags": [1]}, 422, ["valid string"], "tags.0"),
+    JobCase("too-many-tags", {"tags": [f"t{i}" for i in range(33)]}, 422, ["at most 32"], "tags"),
     # shape of the request itself
     JobCase("unknown-field", {"learning_rate": 1}, 422, ["not permitted"], "learning_rate"),
     JobCase("wrong-type", {"seed": "one"}, 422, ["valid integer"], "seed"),
