@@ -186,8 +186,13 @@ def execute_job(ctx: WorkerContext, job_id: str, shutdown: threading.Event | Non
 
 
 def _record_cancelled(ctx: WorkerContext, job_id: str, worker_id: str, reason: str) -> bool:
+    """The forced cancel (escalation step 2): recorded by the reporter, checkpoints removed as for any
+    cancelled job; the process exits right after."""
     with ctx.session() as session:
-        return jobs.finish(session, job_id, worker_id, CANCELLED, reason=reason)
+        recorded = jobs.finish(session, job_id, worker_id, CANCELLED, reason=reason)
+    if recorded:
+        _remove_checkpoints(ctx, job_id)
+    return recorded
 
 
 def _hand_back(ctx: WorkerContext, job_id: str, worker_id: str, reporter: JobReporter,

@@ -99,6 +99,7 @@ def test_a_step_stuck_in_native_code_is_recorded_cancelled_and_the_process_stopp
     assert [s[1] for s in trail] == ["running", "cancelling", "cancelled"]
     assert "did not stop within 1.5 s" in trail[-1][2]
     assert result == ["lost"]  # the runner's own, late final state was refused: recorded once
+    assert not (ctx.storage.root / "jobs" / job_id / "checkpoints").exists()  # cancelled: nothing to resume
     ctx.dispose()
 
 
