@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +20,7 @@ from api.admission import AdmissionLimit
 from api.deps import Services
 from api.errors import error_body, install_error_handlers
 from api.openapi import install_openapi
+from api.query import known_query
 from api.routes import datasets, health, jobs, results
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
@@ -140,8 +141,8 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.add_middleware(RequestGuard, limit=settings.max_request_bytes, exempt=_is_upload)
     app.add_middleware(AdmissionLimit, limit=settings.db_pool_size + settings.db_max_overflow,
                        wait_s=settings.api_queue_timeout_s)
-    for module in (datasets, jobs, results):
-        app.include_router(module.router, prefix=f"/{API_VERSION}")
+    for module in (datasets, jobs, results):  # every /v1 operation refuses query parameters it lacks
+        app.include_router(module.router, prefix=f"/{API_VERSION}", dependencies=[Depends(known_query)])
     app.include_router(health.router)
     _mount_dashboard(app)
     install_openapi(app)

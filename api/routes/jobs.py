@@ -72,11 +72,17 @@ def list_jobs(
                              ] = None,
     created_before: Annotated[IsoDateTime | None, Query(description="Only jobs created before (ISO-8601).")
                               ] = None,
+    dataset_id: Annotated[str | None, Query(pattern="^[0-9a-f]{32}$",
+                                            description="Only jobs on this dataset (its id).")] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=256,
+                                      description="Only jobs with exactly this name.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> JobList:
+    """Filters combine (all must hold); a page is `limit` jobs, newest first. Unknown parameters are a 422."""
     rows, next_cursor = jobs.list_owned(db, owner, state=state, created_after=created_after,
-                                        created_before=created_before, limit=limit, cursor=cursor)
+                                        created_before=created_before, dataset_id=dataset_id, name=name,
+                                        limit=limit, cursor=cursor)
     return JobList(items=[job_brief(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -144,9 +144,13 @@ def get_owned(db: Session, owner: str, job_id: str) -> Job:
 
 
 def list_owned(db: Session, owner: str, *, state: str | None, created_after: datetime | None,
-               created_before: datetime | None, limit: int,
-               cursor: str | None) -> tuple[list[Job], str | None]:
+               created_before: datetime | None, limit: int, cursor: str | None,
+               dataset_id: str | None = None, name: str | None = None) -> tuple[list[Job], str | None]:
     query = select(Job).where(Job.owner == owner)
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    if name is not None:
+        query = query.where(Job.name == name)
     if state is not None:
         if state not in STATES:
             raise ApiError(422, f"unknown state '{state}'; one of: {', '.join(STATES)}", "state")

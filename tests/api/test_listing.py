@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.api.helpers import Api, dataset_id, insert_job
+from tests.api.helpers import Api, dataset_id, insert_job, submit
 
 
 def forged_cursor(ident: str, stamp: str = "2026-01-01T00:00:00+00:00") -> str:
@@ -40,3 +40,51 @@ def test_a_forged_cursor_with_a_real_id_shape_still_pages(api: Api) -> None:
     job = insert_job(api, ds, "queued")
     response = api.client.get("/v1/jobs", params={"cursor": forged_cursor("f" * 32, "2999-01-01T00:00:00")})
     assert response.status_code == 200 and [j["id"] for j in response.json()["items"]] == [job]
+
+
+def test_jobs_filter_by_dataset_and_name(api: Api) -> None:
+    first, second = dataset_id(api), dataset_id(api)
+    a = submit(api, first, name="wide").json()["id"]
+    b = submit(api, second, name="wide").json()["id"]
+    c = submit(api, first, name="narrow").json()["id"]
+    d = submit(api, first).json()["id"]
+
+    def ids(**params: str) -> list[str]:
+        response = api.client.get("/v1/jobs", params=params)
+        assert response.status_code == 200, response.text
+        return [job["id"] for job in response.json()["items"]]
+
+    assert ids(dataset_id=first) == [d, c, a]
+    assert ids(dataset_id=second) == [b]
+    assert ids(name="wide") == [b, a]
+    assert ids(name="wide", dataset_id=first) == [a]
+    assert ids(name="Wide") == [] and ids(dataset_id="f" * 32) == []
+    other = {"Authorization": f"Bearer {api.new_key()}"}
+    assert api.client.get("/v1/jobs", params={"dataset_id": first}, headers=other).json()["items"] == []
+    page = api.client.get("/v1/jobs", params={"dataset_id": first, "limit": 2}).json()
+    rest = api.client.get("/v1/jobs", params={"dataset_id": first, "cursor": page["next_cursor"]}).json()
+    assert [j["id"] for j in page["items"] + rest["items"]] == [d, c, a]
+    bad = api.client.get("/v1/jobs", params={"dataset_id": "../x"})
+    assert bad.status_code == 422 and bad.json()["field"] == "dataset_id"
+
+
+@pytest.mark.parametrize(("path", "query", "name"), [
+    ("/v1/jobs", "dataset=abc", "dataset"),  # the filter is dataset_id: never silently every job
+    ("/v1/jobs", "limit=5&stat=failed", "stat"),
+    ("/v1/datasets", "name=iris", "name"),
+    ("/v1/datasets/{ds}", "verbose=1", "verbose"),
+    ("/v1/jobs/{job}/curves", "keys=a&key=b", "key"),
+    ("/v1/jobs/{job}/logs", "offset=0&follow=1", "follow"),
+    ("/v1/jobs/{job}/artifacts", "x=", "x"),
+])
+def test_unknown_query_parameters_are_422(api: Api, path: str, query: str, name: str) -> None:
+    ds = dataset_id(api)
+    job = insert_job(api, ds, "succeeded")
+    url = f"{path.replace('{ds}', ds).replace('{job}', job)}?{query}"
+    response = api.client.get(url)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == name and f"unknown query parameter '{name}'" in body["detail"]
+    assert api.client.get(url, headers={"Authorization": ""}).status_code == 401  # the key is checked first
+    posted = api.client.post(f"/v1/jobs?{query}", json={"dataset_id": ds})
+    assert posted.status_code == 422 and api.client.get("/v1/jobs").json()["items"][0]["id"] == job
