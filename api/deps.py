@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth_limit import FailedAuthLimiter, client_key
 from api.errors import ApiError
 from api.services import api_keys
 from glai_common.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     sessions: sessionmaker[Session]
     storage: LocalStorage
     enqueue: Callable[[str], None]
+    auth_failures: FailedAuthLimiter = field(default_factory=lambda: FailedAuthLimiter(0, 1.0))
 
 
 def get_services(request: Request) -> Services:
@@ -77,12 +79,19 @@ def current_owner(
                                 "answers local connections", headers={"WWW-Authenticate": "Bearer"})
         return LOCAL_OWNER
     challenge = {"WWW-Authenticate": "Bearer"}
+    client = client_key(request.client.host if request.client else None)
+    wait_s = services.auth_failures.retry_after(client)
+    if wait_s:  # whatever the key: a right one answered differently would let the guessing go on
+        raise ApiError(429, f"too many failed API-key attempts from this address; retry in {wait_s} s "
+                            "(GLAI_AUTH_FAILURE_LIMIT)", "Authorization",
+                       headers={"Retry-After": str(wait_s)})
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
     # A short session of its own: the connection goes back to the pool before the endpoint runs.
     with services.sessions() as auth_session:
         owner = api_keys.owner_for_key(auth_session, credentials.credentials)
     if owner is None:
+        services.auth_failures.record_failure(client)
         raise ApiError(401, "invalid or revoked API key", headers=challenge)
     return owner
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.admission import AdmissionLimit
+from api.auth_limit import FailedAuthLimiter
 from api.deps import Services
 from api.errors import error_body, install_error_handlers
 from api.openapi import install_openapi
@@ -118,7 +119,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     services = Services(settings=settings, engine=engine,
                         sessions=sessionmaker(bind=engine, expire_on_commit=False),
                         storage=LocalStorage(settings.resolved_storage_dir),
-                        enqueue=enqueue or default_enqueue)
+                        enqueue=enqueue or default_enqueue,
+                        auth_failures=FailedAuthLimiter(settings.auth_failure_limit,
+                                                        settings.auth_failure_window_s))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -56,6 +56,12 @@ def fix_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
             if path.startswith("/v1"):
                 responses.setdefault("401", {"description": "Missing, unknown or revoked API key.",
                                              "content": _ref("ErrorBody")})
+                responses.setdefault("429", {"description": "Too many failed API-key attempts from this "
+                                             "client (GLAI_AUTH_FAILURE_LIMIT); retry after `Retry-After`.",
+                                             "headers": {"Retry-After": {
+                                                 "description": "Seconds to wait.",
+                                                 "schema": {"type": "integer", "minimum": 1}}},
+                                             "content": _ref("ErrorBody")})
     text = repr(spec["paths"])
     for unused in ("HTTPValidationError", "ValidationError"):
         if f"/{unused}'" not in text:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
                                   "(as many as pooled connections) before a 503.")
 
     auth_enabled: bool = True
+    auth_failure_limit: int = Field(
+        default=20, ge=0, description="Failed API-key attempts a client (IP address, IPv6 /64) may make "
+        "within auth_failure_window_s before its requests get 429 with Retry-After. 0 disables the limit.")
+    auth_failure_window_s: float = Field(
+        default=60.0, gt=0, description="The sliding window of auth_failure_limit, in seconds.")
     worker_lease_s: int = 60  # a job whose heartbeat is older than this is taken as lost
     max_job_attempts: int = 3
     heartbeat_interval_s: float = 5.0
