@@ -47,11 +47,12 @@ class StructuralConfig:
 class QuantitativeConfig:
     """Phase 2 defaults, chosen by measurement (docs/performance.md, docs/benchmarks.md).
 
-    ``auto`` (default) asks a cost model (``solvers.choose_phase2``): the exact closed form (primal or dual
-    Cholesky, the cheaper) followed by Adam when it costs at most ``auto_budget_epochs`` Adam epochs, else
-    Adam alone from the warm start with cached gates. Measured on the benchmark tasks: the closed form is a
-    fraction of an epoch when D = h'(d+1) is small (MNIST-1D, digits) but 10-30 epochs' worth for
-    parameter-matched heads on 400-1300-d inputs, where Adam from the warm start reaches the target first.
+    ``auto`` (default) asks a cost model (``solvers.choose_phase2``) that estimates seconds on the device:
+    the faster first-order method, full-batch L-BFGS on cross-entropy (``glai_core.lbfgs``: tens of large
+    passes, the choice on tables up to tens of thousands of rows) or mini-batch Adam (large splits, where
+    one pass of stochastic steps beats one quasi-Newton step), preceded by the exact closed form (primal or
+    dual Cholesky, the cheaper) when that is cheap. With gates cached the problem is convex, so every
+    solver keeps its best validation point and the phase never ends below its warm start.
 
     Adam from the warm start: Theta's entries are products of S's weights (rms ~4e-3), so Adam's
     per-parameter steps must be small, and the right size differs by task (tweets wanted 1e-4, MNIST-5k
