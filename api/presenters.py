@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.schemas import ArtifactOut, DatasetOut, JobBrief, JobLinks, JobOut, TransitionOut
+from api.schemas import ArtifactOut, DatasetCreated, DatasetOut, JobBrief, JobLinks, JobOut, TransitionOut
 from glai_common.models import Dataset, Job
 
 API_PREFIX = "/v1"
@@ -14,6 +14,10 @@ def job_path(job_id: str) -> str:
 
 def dataset_out(row: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(row)
+
+
+def dataset_created(row: Dataset, duplicates: list[str]) -> DatasetCreated:
+    return DatasetCreated.model_validate({**dataset_out(row).model_dump(), "duplicate_of": duplicates})
 
 
 def job_brief(job: Job) -> JobBrief:

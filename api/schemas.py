@@ -131,6 +131,16 @@ class DatasetOut(Out):
     created_at: datetime = Field(description="When the dataset was stored (UTC).")
 
 
+class DatasetCreated(DatasetOut):
+    """A dataset just stored, and whether you already had these bytes."""
+
+    duplicate_of: list[str] = Field(
+        default_factory=list, description="Ids of your other datasets with the same `sha256` (newest first, "
+        "at most 10): the same file was stored before, and a job can use one of those. The new dataset is "
+        "stored all the same; delete it if you meant the old one. Empty when there is none.",
+        examples=[["4f1c0e2a9b7d4e3f8a6b5c4d3e2f1a0b"]])
+
+
 class DatasetList(BaseModel):
     items: list[DatasetOut] = Field(description="Datasets, newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")

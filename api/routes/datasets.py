@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import DbDep, OwnerDep, ServicesDep
 from api.errors import ApiError
-from api.presenters import dataset_out
+from api.presenters import dataset_created, dataset_out
 from api.routes.common import errors
-from api.schemas import BuiltinDatasetCreate, DatasetList, DatasetOut
+from api.schemas import BuiltinDatasetCreate, DatasetCreated, DatasetList, DatasetOut
 from api.services import datasets, uploads
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -47,12 +47,14 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     }}}}}}
 
 
-@router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset",
+@router.post("", status_code=201, response_model=DatasetCreated, summary="Upload a dataset",
              openapi_extra=UPLOAD_BODY, responses=errors(400, 413, 415, 422))
-async def upload_dataset(request: Request, services: ServicesDep, db: DbDep, owner: OwnerDep) -> DatasetOut:
+async def upload_dataset(request: Request, services: ServicesDep, db: DbDep,
+                         owner: OwnerDep) -> DatasetCreated:
     """Streams the file to disk (hashing it on the way), validates it, stores canonical arrays (or, for
     text and images, the raw upload) under `datasets/<id>/` and only then records the dataset. A rejected
-    upload leaves nothing behind. For text and images `n_features` is the backbone's output dimension."""
+    upload leaves nothing behind. For text and images `n_features` is the backbone's output dimension.
+    `duplicate_of` names your datasets that hold the same file (same `sha256`)."""
     settings = services.settings
     tmp_dir = settings.data_dir / "tmp"
     headers = request.headers
@@ -72,17 +74,18 @@ async def upload_dataset(request: Request, services: ServicesDep, db: DbDep, own
                                       form.file_path, spec, form.sha256, form.size_bytes)
     finally:
         form.cleanup()
-    return dataset_out(row)
+    return dataset_created(row, await run_in_threadpool(datasets.duplicates_of, db, row))
 
 
-@router.post("/builtin", status_code=201, response_model=DatasetOut, summary="Add a built-in dataset",
+@router.post("/builtin", status_code=201, response_model=DatasetCreated, summary="Add a built-in dataset",
              responses=errors(422))
 def builtin_dataset(body: BuiltinDatasetCreate, services: ServicesDep, db: DbDep,
-                    owner: OwnerDep) -> DatasetOut:
-    """Materialises a bundled dataset (digits, mnist1d, ...) as one of your datasets; no download."""
+                    owner: OwnerDep) -> DatasetCreated:
+    """Materialises a bundled dataset (digits, mnist1d, ...) as one of your datasets; no download.
+    `duplicate_of` names the same built-in (and seed) added before."""
     row = datasets.create_builtin(db, services.storage, services.settings.data_dir / "tmp", owner, body.name,
                                   body.seed, body.display_name)
-    return dataset_out(row)
+    return dataset_created(row, datasets.duplicates_of(db, row))
 
 
 @router.get("", response_model=DatasetList, summary="List your datasets", responses=errors(422))

@@ -271,6 +271,18 @@ def create_builtin(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str
         return _store(db, storage, staging, row)
 
 
+MAX_DUPLICATES = 10
+
+
+def duplicates_of(db: Session, row: Dataset) -> list[str]:
+    """The owner's other datasets with the same sha256, newest first: a hint that the bytes are stored
+    already (another owner's are never looked at)."""
+    query = (select(Dataset.id).where(Dataset.owner == row.owner, Dataset.sha256 == row.sha256,
+                                      Dataset.id != row.id)
+             .order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(MAX_DUPLICATES))
+    return list(db.scalars(query).all())
+
+
 def get_owned(db: Session, owner: str, dataset_id: str, field_name: str | None = None) -> Dataset:
     row = db.get(Dataset, dataset_id)
     if row is None or row.owner != owner:  # another owner's id is indistinguishable from a missing one

@@ -34,6 +34,7 @@ def test_upload_npz_stores_canonical_arrays(api: Api) -> None:
     stored = api.storage_root / "datasets" / body["id"]
     assert {p.name for p in stored.iterdir()} >= {"X.npy", "y.npy", "meta.json"}
     assert np.load(stored / "X.npy").shape == (40, 6)
+    assert body.pop("duplicate_of") == []  # (only the upload's answer says it)
     assert api.client.get(f"/v1/datasets/{body['id']}").json() == body
     assert not any(api.tmp_dir.iterdir())  # the streamed temp file is gone
 
@@ -147,3 +148,23 @@ def test_delete_removes_row_and_files_and_is_refused_while_used(api: Api) -> Non
     assert api.client.delete(f"/v1/datasets/{ds}").status_code == 204
     assert api.client.get(f"/v1/datasets/{ds}").status_code == 404
     assert not (api.storage_root / "datasets" / ds).exists()
+
+
+def test_an_upload_names_the_owners_datasets_with_the_same_sha256(api: Api) -> None:
+    content = npz_bytes(n=30, seed=7)
+    first = upload(api, content, "a.npz").json()
+    assert first["duplicate_of"] == []
+    second = upload(api, content, "renamed.npz", name="again").json()
+    assert second["duplicate_of"] == [first["id"]] and second["sha256"] == first["sha256"]
+    third = upload(api, content, "b.npz").json()
+    assert third["duplicate_of"] == [second["id"], first["id"]]  # newest first
+    assert upload(api, npz_bytes(n=30, seed=8), "c.npz").json()["duplicate_of"] == []
+    assert "duplicate_of" not in api.client.get(f"/v1/datasets/{third['id']}").json()
+    other = {"Authorization": f"Bearer {api.new_key()}"}
+    theirs = api.client.post("/v1/datasets", files={"file": ("a.npz", content)}, headers=other)
+    assert theirs.status_code == 201 and theirs.json()["duplicate_of"] == []  # never another owner's ids
+    assert api.client.delete(f"/v1/datasets/{second['id']}").status_code == 204
+    assert upload(api, content, "d.npz").json()["duplicate_of"] == [third["id"], first["id"]]
+    digits = api.client.post("/v1/datasets/builtin", json={"name": "iris"}).json()
+    again = api.client.post("/v1/datasets/builtin", json={"name": "iris"}).json()
+    assert digits["duplicate_of"] == [] and again["duplicate_of"] == [digits["id"]]
