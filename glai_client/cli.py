@@ -79,12 +79,14 @@ def submit(
     precision: Annotated[str | None, typer.Option(help="Arithmetic of the training steps: auto (bf16 on "
                                                        "CPUs with bf16 hardware, TF32 on GPUs), fp32 or "
                                                        "bf16.")] = None,
+    name: Annotated[str | None, typer.Option(help="Your label for the job (glai jobs list --name).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A free-form tag; repeat for several.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
     try:
         body = job_body(JobOptions(config, hidden, reduction_factor, structural_epochs, quantitative_epochs,
-                                   baseline, pruning, sparsities, seed, time_limit))
+                                   baseline, pruning, sparsities, seed, time_limit, name, tuple(tag or ())))
     except BadInput as exc:
         raise _bad_input(exc) from None
     if backbone:

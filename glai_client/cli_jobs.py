@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from glai_client.cli_output import (
     CursorOption,
@@ -23,21 +24,23 @@ jobs_app = typer.Typer(help="List, resume and delete jobs (submit, status, watch
                        no_args_is_help=True)
 
 
-def list_jobs(state: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+def list_jobs(state: str | None, limit: int, cursor: str | None, as_json: bool, name: str | None = None,
+              dataset_id: str | None = None) -> None:
     try:
         with client() as api:
-            page = api.list_jobs(state=state, limit=limit, cursor=cursor)
+            page = api.list_jobs(state=state, limit=limit, cursor=cursor, name=name, dataset_id=dataset_id)
     except GlaiError as exc:
         raise fail(exc) from exc
     if as_json:
         print_json(page)
         return
-    rows = table("id", "state", "phase", "progress", "created")
+    rows = table("id", "state", "phase", "progress", "created", "name")
     for job in page["items"]:
         reading = job_progress(job)
         where = reading.phase or reading.stopped_in or ""  # a finished job has no phase in progress
         done = "" if reading.fraction is None else f"{reading.fraction:.0%}"
-        rows.add_row(job["id"], job["state"], where, done, job["created_at"][:19])
+        label = " ".join([escape(job.get("name") or ""), *(f"#{escape(t)}" for t in job.get("tags") or [])])
+        rows.add_row(job["id"], job["state"], where, done, job["created_at"][:19], label.strip())
     console.print(rows)
     next_page(page)
 
@@ -47,10 +50,12 @@ def jobs_list(
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
     cursor: CursorOption = None,
+    name: Annotated[str | None, typer.Option(help="Only jobs submitted with this --name.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only jobs on this dataset id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
-    """List your jobs, newest first (the same as `glai status` without a job id)."""
-    list_jobs(state, limit, cursor, as_json)
+    """List your jobs, newest first (`glai status` without a job id lists them too)."""
+    list_jobs(state, limit, cursor, as_json, name=name, dataset_id=dataset)
 
 
 @jobs_app.command("delete")

@@ -62,6 +62,8 @@ class Artifact(TypedDict):
 class Job(TypedDict, total=False):
     id: str
     dataset_id: str
+    name: str | None
+    tags: list[str]
     state: str
     phase: str | None
     progress: float
@@ -163,7 +165,7 @@ class GlaiClient:
     # ------------------------------------------------------------------ jobs
     def submit_job(self, dataset_id: str, settings: dict[str, Any] | None = None,
                    idempotency_key: str | None = None) -> Job:
-        """``settings``: any of architecture, structural, quantitative, pruning, baseline, seed,
+        """``settings``: any of name, tags, architecture, structural, quantitative, pruning, baseline, seed,
         validation_fraction, time_limit_s, backbone (``minilm`` for text datasets, ``efficientnet-lite0``
         for image datasets; see the API docs)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -174,9 +176,11 @@ class GlaiClient:
         return cast(Job, self._request("GET", f"/v1/jobs/{job_id}").json())
 
     def list_jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None,
-                  created_after: str | None = None, created_before: str | None = None) -> Page:
+                  created_after: str | None = None, created_before: str | None = None,
+                  dataset_id: str | None = None, name: str | None = None) -> Page:
         params = {k: v for k, v in {"state": state, "limit": limit, "cursor": cursor,
-                                    "created_after": created_after, "created_before": created_before}.items()
+                                    "created_after": created_after, "created_before": created_before,
+                                    "dataset_id": dataset_id, "name": name}.items()
                   if v is not None}
         return cast(Page, self._request("GET", "/v1/jobs", params=params).json())
 

@@ -32,6 +32,8 @@ class JobOptions:
     sparsities: str | None = None
     seed: int | None = None
     time_limit: int | None = None
+    name: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def _items(option: str, text: str, example: str) -> list[str]:
@@ -124,4 +126,8 @@ def job_body(options: JobOptions) -> dict[str, Any]:
         body["seed"] = options.seed
     if options.time_limit is not None:
         body["time_limit_s"] = options.time_limit
+    if options.name is not None:
+        body["name"] = options.name
+    if options.tags:
+        body["tags"] = [*(body.get("tags") or []), *options.tags]
     return body

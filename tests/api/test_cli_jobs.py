@@ -134,3 +134,15 @@ def test_python_client_finds_the_local_key_like_the_cli(server: tuple[Api, str],
     assert (reading.state, reading.phase, reading.stopped_in) == ("failed", None, "pruning")
     assert reading.phases == {"pruning": 0.4} and "timeout" in (reading.failure or "")
     assert reading.line() == f"job {failed[:8]} failed in pruning (timeout: the job exceeded its time limit)"
+
+
+def test_submit_with_a_name_and_tags_and_list_by_name(cli_env: Api) -> None:
+    ds = ident(run("datasets", "builtin", "iris"))
+    job = ident(run("submit", ds, "--name", "iris-run", "--tag", "sweep", "--tag", "a b"))
+    with cli_env.session() as session:
+        stored = session.get(Job, job)
+        assert stored is not None and (stored.name, stored.tags) == ("iris-run", ["sweep", "a b"])
+    other = ident(run("submit", ds, "--name", "other"))
+    listed = run("jobs", "list", "--name", "iris-run")
+    assert job in listed and other not in listed and "#sweep" in listed
+    assert job in run("jobs", "list", "--dataset", ds)
