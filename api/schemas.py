@@ -154,11 +154,13 @@ class ArchitectureIn(In):
     hidden: list[int] = Field(default_factory=lambda: list(_ARCH.hidden), min_length=1,
                               description="Hidden widths of the reference MLP, input side first.",
                               examples=[[256], [512, 256]])
-    reduction_factor: Annotated[Literal["auto"] | float, WithJsonSchema({"anyOf": [
-        {"type": "string", "enum": ["auto"]},
+    reduction_factor: Annotated[Literal["auto", "adaptive"] | float, WithJsonSchema({"anyOf": [
+        {"type": "string", "enum": ["auto", "adaptive"]},
         {"type": "number", "minimum": MIN_REDUCTION, "maximum": MAX_REDUCTION}]})] = Field(
         "auto", description=f"GLAI width = reference width / r, {MIN_REDUCTION} <= r <= {MAX_REDUCTION:g}. "
-        "`auto` picks r so that GLAI's trainable parameters match the reference MLP's.",
+        "`auto` picks r so that GLAI's trainable parameters match the reference MLP's; `adaptive` sizes the "
+        "structure by the data instead (about one path weight per training target, never wider than the "
+        "reference): the job then reports both parameter counts and `parameter_matched: false`.",
         examples=["auto", 4.0])
 
     @field_validator("hidden")
@@ -172,9 +174,9 @@ class ArchitectureIn(In):
     @classmethod
     def _factor(cls, r: Any) -> Any:
         """Checked before the union, so a bad value gets one clear message naming the field."""
-        problem = (f"reduction_factor must be 'auto' or a finite number from {MIN_REDUCTION} to "
+        problem = (f"reduction_factor must be 'auto', 'adaptive' or a finite number from {MIN_REDUCTION} to "
                    f"{MAX_REDUCTION:g} (got {r!r:.40})")
-        if r == "auto":
+        if r in ("auto", "adaptive"):
             return r
         if isinstance(r, bool) or not isinstance(r, int | float):  # strict: no numbers in strings
             raise ValueError(problem)
@@ -187,18 +189,37 @@ class ArchitectureIn(In):
         return value
 
 
+AUTO_NOTE = ("`auto` (default): chosen from the data (N, d, m); the job's `summary.effective_settings` "
+             "says what and why.")
+
+
+def _int_or_auto(low: int, high: int = 1_000_000) -> Any:
+    return Annotated[int, Field(ge=low, le=high)] | Literal["auto"]
+
+
+def _rate_or_auto() -> Any:
+    return Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
+
+
 class StructuralIn(In):
     """Phase 1: train the structural MLP until its gating pattern stops changing."""
 
-    max_epochs: int = Field(_STRUCT.max_epochs, ge=1, description="Upper bound on structural epochs.")
-    min_epochs: int = Field(_STRUCT.min_epochs, ge=0, le=1_000_000,
-                            description="Epochs always run before checking (at most max_epochs).")
-    threshold: float = Field(_STRUCT.threshold, gt=0, le=1,
-                             description="Path distance between epochs below which the structure is stable.")
+    max_epochs: _int_or_auto(1) = Field("auto", description=f"Upper bound on structural epochs. {AUTO_NOTE}")
+    min_epochs: _int_or_auto(0) = Field(
+        "auto", description="Epochs always run before the structure may freeze (at most max_epochs). "
+                            f"{AUTO_NOTE}")
+    threshold: float = Field(_STRUCT.threshold, gt=0, le=100,
+                             description="Path distance between two checks, per 100 optimiser steps, below "
+                                         "which the structure counts as stable.")
     window: int = Field(_STRUCT.window, ge=1, le=10_000,
                         description="Consecutive stable checks needed to freeze.")
-    lr: float = Field(_STRUCT.lr, gt=0, le=10, description="Adam learning rate.")
-    batch_size: int = Field(_STRUCT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+    check_interval: _int_or_auto(1) = Field(
+        "auto", description=f"Epochs between two structure checks (path distances). {AUTO_NOTE}")
+    patience: _int_or_auto(1, 10_000) = Field(
+        "auto", description="Epochs without validation improvement after which S freezes at its best "
+                            f"(noisy data may keep its gates moving while it overfits). {AUTO_NOTE}")
+    lr: _rate_or_auto() = Field("auto", description=f"Adam learning rate. {AUTO_NOTE}")
+    batch_size: _int_or_auto(1) = Field("auto", description=f"Mini-batch size. {AUTO_NOTE}")
     weight_decay: float = Field(_STRUCT.weight_decay, ge=0, le=10, description="Adam weight decay.")
     probe_size: int = Field(_STRUCT.probe_size, ge=1, le=1_000_000,
                             description="Samples used to measure path distance.")
@@ -206,7 +227,8 @@ class StructuralIn(In):
     @model_validator(mode="after")
     def _order(self) -> StructuralIn:
         # Only an explicit conflict is an error: the default floor simply yields to a small max_epochs.
-        if "min_epochs" in self.model_fields_set and self.min_epochs > self.max_epochs:
+        low, high = self.min_epochs, self.max_epochs
+        if isinstance(low, int) and isinstance(high, int) and low > high:
             raise ValueError("min_epochs must not exceed max_epochs")
         return self
 
@@ -214,22 +236,25 @@ class StructuralIn(In):
 class QuantitativeIn(In):
     """Phase 2: fit the path weights with the structure frozen."""
 
-    solver: Literal["auto", "adam", "ridge", "ridge+adam"] = Field(
+    solver: Literal["auto", "adam", "ridge", "ridge+adam", "lbfgs", "ridge+lbfgs"] = Field(
         _QUANT.solver,
-        description="`auto`: a cost model picks the closed form (then Adam) when it is cheaper than a few "
-                    "Adam epochs, else Adam; `ridge`: closed form; `adam`: gradient descent from the warm "
-                    "start; `ridge+adam`: both.")
+        description="`auto`: a cost model picks the faster first-order method (full-batch L-BFGS or "
+                    "mini-batch Adam) and runs the exact closed form first when it is cheap; `ridge`: closed "
+                    "form only; `adam`: mini-batch Adam from the warm start; `lbfgs`: full-batch L-BFGS on "
+                    "cross-entropy from the warm start; `ridge+adam`, `ridge+lbfgs`: the closed form first.")
     warm_start: bool = Field(_QUANT.warm_start, description="Start from the structural MLP's function.")
-    epochs: int = Field(_QUANT.epochs, ge=0, description="Adam epochs (0: none).")
+    epochs: _int_or_auto(0) = Field("auto", description=f"Adam epochs (0: none). {AUTO_NOTE}")
     lr: float = Field(_QUANT.lr, gt=0, le=10, description="Adam learning rate.")
-    batch_size: int = Field(_QUANT.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+    batch_size: _int_or_auto(1) = Field("auto", description=f"Adam mini-batch size. {AUTO_NOTE}")
     ridge_lambda: float = Field(_QUANT.ridge_lambda, ge=0, le=1e6,
                                 description="Ridge regularisation strength (relative to mean diag(F^T F)).")
-    patience: int = Field(_QUANT.patience, ge=1, le=10_000,
-                          description="Epochs without improvement before stopping.")
+    patience: _int_or_auto(1, 10_000) = Field(
+        "auto", description=f"Adam epochs without improvement before stopping. {AUTO_NOTE}")
     backtrack: bool = Field(_QUANT.backtrack,
                             description="After an epoch without improvement, go back to the best point and "
                                         "halve the learning rate (the phase is convex: it overshot).")
+    lbfgs_iterations: int = Field(_QUANT.lbfgs_iterations, ge=1, le=100_000,
+                                  description="Most full-batch L-BFGS iterations.")
 
 
 # What PruningIn._fractions checks, said in the schema (a plain float would document 0 and 1 as valid).
@@ -259,11 +284,11 @@ class BaselineIn(In):
     """A parameter-matched MLP trained the usual way, for comparison."""
 
     enabled: bool = Field(_BASE.enabled, description="Train the MLP baseline.")
-    max_epochs: int = Field(_BASE.max_epochs, ge=1, description="Upper bound on baseline epochs.")
-    patience: int = Field(_BASE.patience, ge=1, le=10_000,
-                          description="Epochs without improvement before stopping.")
-    lr: float = Field(_BASE.lr, gt=0, le=10, description="Adam learning rate.")
-    batch_size: int = Field(_BASE.batch_size, ge=1, le=1_000_000, description="Mini-batch size.")
+    max_epochs: _int_or_auto(1) = Field("auto", description=f"Upper bound on baseline epochs. {AUTO_NOTE}")
+    patience: _int_or_auto(1, 10_000) = Field(
+        "auto", description=f"Epochs without improvement before stopping. {AUTO_NOTE}")
+    lr: _rate_or_auto() = Field("auto", description=f"Adam learning rate. {AUTO_NOTE}")
+    batch_size: _int_or_auto(1) = Field("auto", description=f"Mini-batch size. {AUTO_NOTE}")
 
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # names and tags: any text but control characters

@@ -548,14 +548,18 @@
 
   // ---------------------------------------------------------------- job page
 
+  const times = (v) => (isNum(v) ? `${v.toFixed(2)}×` : "—");
+
   const SUMMARY_ROWS = [
     ["Accuracy", [["glai_accuracy", "GLAI (trained)", pct], ["structure_accuracy", "Structural MLP", pct],
       ["warm_start_accuracy", "Warm start (before quantitative)", pct], ["baseline_accuracy", "MLP baseline", pct]]],
-    ["Time to accuracy", [["target_accuracy", "Target accuracy", pct],
+    ["(a) Time to target: MLP's best − 0.5 pp", [["target_accuracy", "Target accuracy", pct],
       ["glai_time_to_target_s", "GLAI time to target", seconds],
-      ["baseline_time_to_target_s", "Baseline time to target", seconds], ["speedup", "Speedup", (v) => (isNum(v) ? `${v.toFixed(2)}×` : "—")]]],
+      ["baseline_time_to_target_s", "Baseline time to target", seconds], ["speedup", "Speedup to target", times]]],
+    ["(b) Total training time, early stopping included", [["glai_seconds", "GLAI training time", seconds],
+      ["baseline_seconds", "Baseline training time", seconds], ["total_time_speedup", "Total-time speedup", times]]],
     ["Training", [["structural_epochs", "Structural epochs", num], ["baseline_epochs", "Baseline epochs", num],
-      ["glai_seconds", "GLAI training time", seconds], ["baseline_seconds", "Baseline training time", seconds],
+      ["phase2_solver", "Quantitative solver", (v) => v ?? "—"],
       ["stopped_by", "Structural phase stopped by", (v) => v ?? "—"]]],
     ["Size", [["glai_hidden", "GLAI hidden", (v) => (Array.isArray(v) ? v.join(" × ") : num(v))],
       ["reference_hidden", "Reference hidden", (v) => (Array.isArray(v) ? v.join(" × ") : num(v))],
@@ -568,13 +572,21 @@
     const tiles = [
       ["GLAI accuracy", pct(summary.glai_accuracy)],
       ["Baseline accuracy", pct(summary.baseline_accuracy)],
-      ["Speedup to target", isNum(summary.speedup) ? `${summary.speedup.toFixed(2)}×` : "—"],
+      ["Speedup to target (a)", times(summary.speedup)],
+      ["Total-time speedup (b)", times(summary.total_time_speedup)],
       ["Parameter reduction", isNum(summary.reduction_factor) ? `${summary.reduction_factor.toFixed(2)}×` : "—"],
     ];
     const groups = SUMMARY_ROWS.map(([group, rows]) => [group,
       rows.filter(([key]) => key in summary).map(([key, label, fmt]) => [key, label, fmt(summary[key])])]);
     const pruned = Object.entries(summary.pruned || {}).sort((a, b) => Number(a[0]) - Number(b[0]));
     groups.push(["Pruned accuracy", pruned.map(([s, a]) => [`pruned-${s}`, `${pct(Number(s), 0)} sparsity`, pct(a)])]);
+    const chosen = (summary.effective_settings && summary.effective_settings.chosen) || {};
+    const effective = summary.effective_settings || {};
+    groups.push(["Settings chosen from the data", Object.entries(chosen).map(([key, why]) => {
+      const [section, field] = key.split(".");
+      const value = effective[section] ? effective[section][field] : undefined;
+      return [`setting-${key}`, `${key} = ${value ?? "?"}`, why];
+    })]);
     const tables = groups.filter(([, rows]) => rows.length).map(([group, rows]) =>
       h("table", { class: "summary" }, h("caption", { text: group }),
         h("tbody", {}, rows.map(([key, label, value]) => h("tr", { "data-key": key },

@@ -28,8 +28,15 @@ from glai_common.settings import Settings
 from glai_common.states import FAILED, FINAL_STATES, QUEUED, STATES, transition
 from glai_common.storage import LocalStorage
 from glai_core.config import TrainConfig
+from glai_core.defaults import AUTO_FIELDS
 
 log = logging.getLogger("glai.api")
+
+
+def _library(name: str, section: dict[str, Any]) -> dict[str, Any]:
+    """API "auto" -> the library's None: chosen from the data when the job runs (glai_core.defaults)."""
+    auto = AUTO_FIELDS[name]
+    return {key: None if key in auto and value == "auto" else value for key, value in section.items()}
 
 
 def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int]:
@@ -37,9 +44,11 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
     r = body.architecture.reduction_factor
     config = TrainConfig.from_dict({
         "architecture": {"hidden": list(body.architecture.hidden),
-                         "reduction_factor": None if r == "auto" else float(r)},
-        "structural": body.structural.model_dump(), "quantitative": body.quantitative.model_dump(),
-        "pruning": body.pruning.model_dump(), "baseline": body.baseline.model_dump(), "seed": body.seed,
+                         "reduction_factor": None if r == "auto" else r if r == "adaptive" else float(r)},
+        "structural": _library("structural", body.structural.model_dump()),
+        "quantitative": _library("quantitative", body.quantitative.model_dump()),
+        "pruning": body.pruning.model_dump(), "baseline": _library("baseline", body.baseline.model_dump()),
+        "seed": body.seed,
         "precision": body.precision,
     })
     spec = {"config": config.to_dict(), "backbone": body.backbone,

@@ -13,7 +13,8 @@ from typing import Any
 
 from api.errors import ApiError
 from glai_common.settings import Settings
-from glai_core.model import ParameterMatch, match_parameters
+from glai_core.model import ParameterMatch
+from glai_core.pipeline import architecture_match
 
 F32, F64 = 4, 8
 ADAM_COPIES = 4  # weights, gradients and Adam's two moments, all float32
@@ -88,6 +89,15 @@ def estimate_memory(config: dict[str, Any], match: ParameterMatch, n_features: i
     return MemoryEstimate(peak_bytes=int(per_phase[phase]), phase=phase, field=field, per_phase=per_phase)
 
 
+def resolved_config(config: dict[str, Any], n_rows: int, d: int, m: int) -> dict[str, Any]:
+    """The stored config with its "auto" fields chosen as the worker will choose them (``n_rows`` stands
+    in for the training rows: batch sizes grow with N, so the estimate stays on the safe side)."""
+    from glai_core.config import TrainConfig
+    from glai_core.defaults import adapt
+
+    return adapt(TrainConfig.from_dict(config), max(1, n_rows), d, m)[0].to_dict()
+
+
 def check_limits(spec: dict[str, Any], time_limit_s: int, n_features: int, n_classes: int, n_rows: int,
                  settings: Settings) -> ParameterMatch:
     """Raise a 422 for the first limit the request breaks; return the parameter match otherwise.
@@ -108,15 +118,16 @@ def check_limits(spec: dict[str, Any], time_limit_s: int, n_features: int, n_cla
               "quantitative.epochs": config["quantitative"]["epochs"],
               "pruning.finetune_epochs": config["pruning"]["finetune_epochs"],
               "baseline.max_epochs": config["baseline"]["max_epochs"]}
-    for name, value in epochs.items():
-        if value > settings.max_epochs:
+    for name, value in epochs.items():  # "auto" (None) budgets are the library's, capped by it
+        if value is not None and value > settings.max_epochs:
             raise ApiError(422, f"{name} is {value}, above the limit of {settings.max_epochs} epochs "
                                 "(GLAI_MAX_EPOCHS)", name)
     if time_limit_s > settings.max_job_time_limit_s:
         raise ApiError(422, f"time_limit_s is {time_limit_s}, above the limit of "
                             f"{settings.max_job_time_limit_s} s (GLAI_MAX_JOB_TIME_LIMIT_S)", "time_limit_s")
     try:
-        match = match_parameters(n_features, hidden, n_classes, config["architecture"]["reduction_factor"])
+        match = architecture_match(n_features, hidden, n_classes, config["architecture"]["reduction_factor"],
+                                   max(1, n_rows))
     except (ValueError, OverflowError, ZeroDivisionError) as exc:
         raise ApiError(422, f"architecture cannot be matched to this dataset (d={n_features}, "
                             f"m={n_classes}): {exc}", "architecture") from exc
@@ -131,7 +142,8 @@ def check_limits(spec: dict[str, Any], time_limit_s: int, n_features: int, n_cla
                             f"(d={n_features}, m={n_classes}), above the limit of "
                             f"{settings.max_trainable_params:,} (GLAI_MAX_TRAINABLE_PARAMS); use smaller "
                             "hidden widths or a larger reduction_factor", "architecture.hidden")
-    estimate = estimate_memory(config, match, n_features, n_classes, n_rows)
+    estimate = estimate_memory(resolved_config(config, n_rows, n_features, n_classes), match, n_features,
+                               n_classes, n_rows)
     if estimate.peak_bytes > settings.max_job_memory_bytes:
         raise ApiError(422, f"this job needs an estimated {_gib(estimate.peak_bytes)} of device memory in "
                             f"its {estimate.phase} phase, above the limit of "
