@@ -82,7 +82,10 @@ SUMMARY = {
     "glai_time_to_target_s": 21.7, "baseline_time_to_target_s": 44.0, "speedup": 2.03,
     "reduction_factor": 3.1, "glai_hidden": [256, 256], "reference_hidden": [512, 512],
     "mlp_params": 535_818, "glai_trainable_params": 172_810, "structure_params": 535_818,
-    "stopped_by": "distance",
+    "stopped_by": "distance", "total_time_speedup": 1.93, "phase2_solver": "ridge+lbfgs",
+    "effective_settings": {"data": {"n_train": 1437, "d": 64, "m": 10}, "structural": {"batch_size": 32},
+                           "quantitative": {}, "baseline": {},
+                           "chosen": {"structural.batch_size": "N=1,437 rows: a power of two near N/32"}},
 }
 
 

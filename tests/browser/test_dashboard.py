@@ -211,6 +211,13 @@ def test_finished_job_list_curves_summary_and_download(server, page, screenshots
     summary = page.locator("table.summary")
     assert summary.locator('tr[data-key="glai_accuracy"] td').inner_text() == "94.5%"
     assert summary.locator('tr[data-key="speedup"] td').inner_text() == "2.03×"
+    assert summary.locator('tr[data-key="total_time_speedup"] td').inner_text() == "1.93×"
+    captions = page.locator("table.summary caption").all_text_contents()  # (shown in capitals)
+    assert any(c.startswith("(a) Time to target") for c in captions), captions
+    assert any(c.startswith("(b) Total training time") for c in captions), captions
+    setting = summary.locator('tr[data-key="setting-structural.batch_size"]')
+    assert setting.locator("th").inner_text() == "structural.batch_size = 32"
+    assert "power of two" in setting.locator("td").inner_text()
     assert page.locator("ol.timeline li").count() == 7
     page.screenshot(path=str(screenshots / "job.png"), full_page=True)
 
