@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(default=None, description="Artifact root; default data_dir/storage.")
 
     max_upload_bytes: int = 512 * 1024**2
+    max_columns: int = Field(
+        default=16_384, ge=2, description="Most columns of a csv/parquet upload, label included (422 above), "
+        "checked on its header before any row is read.")
     max_request_bytes: int = 1024**2
     default_job_time_limit_s: int = 6 * 3600
     max_job_time_limit_s: int = 48 * 3600

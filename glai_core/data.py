@@ -34,7 +34,7 @@ import numpy as np
 from glai_core.preprocess import Standardizer
 
 __all__ = [
-    "BUILTIN_NAMES", "DataError", "LoadedData", "Standardizer", "builtin", "canonicalize_file",
+    "BUILTIN_NAMES", "DataError", "LimitError", "LoadedData", "Standardizer", "builtin", "canonicalize_file",
     "load_canonical", "load_file", "read_idx", "save_canonical", "split_indices", "train_val_split",
 ]
 
@@ -56,6 +56,15 @@ class DataError(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class LimitError(DataError):
+    """A ``DataError`` from a limit the caller set (``limit``: ``"columns"`` or ``"decompressed_bytes"``),
+    so that the caller can name the setting behind it in its own words."""
+
+    def __init__(self, message: str, field: str | None, limit: str) -> None:
+        super().__init__(message, field)
+        self.limit = limit
 
 
 @dataclass
@@ -513,7 +522,7 @@ def _canonicalize_npz(path: Path, directory: Path, max_bytes: int) -> LoadedData
 
 def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory: str | os.PathLike[str],
                       label_column: str | None = None, *,
-                      max_bytes: int = MAX_DECOMPRESSED_BYTES) -> LoadedData:
+                      max_bytes: int = MAX_DECOMPRESSED_BYTES, max_columns: int | None = None) -> LoadedData:
     """``save_canonical(directory, load_file(path, ...))`` without holding the features in memory.
 
     npz members are streamed (decompressed block by block) straight into ``X.npy``/``X_val.npy``. A
@@ -523,7 +532,8 @@ def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory:
     format gets the checks and messages of ``load_file`` and writes the bytes ``save_canonical`` writes;
     the result is the canonical directory, memory-mapped. Host memory: a block or batch of rows (tens of
     MB) plus the labels. On a ``DataError`` the directory may hold partial files: write into a staging
-    directory.
+    directory. ``max_columns`` bounds a csv/parquet table's columns (label included), checked on its
+    header before any row is converted (``LimitError``).
     """
     from glai_core import tables  # lazily: tables imports this module
 
@@ -531,9 +541,9 @@ def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory:
     _check_upload(path, file_format)
     directory.mkdir(parents=True, exist_ok=True)
     if file_format == "csv":
-        return tables.canonicalize_csv(path, directory, label_column)
+        return tables.canonicalize_csv(path, directory, label_column, max_columns)
     if file_format == "parquet":
-        return tables.canonicalize_parquet(path, directory, label_column)
+        return tables.canonicalize_parquet(path, directory, label_column, max_columns)
     streamed = _canonicalize_npz(path, directory, max_bytes)
     if streamed is not None:
         return streamed

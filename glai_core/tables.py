@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from glai_core import data as _data
 from glai_core.data import (
     DataError,
+    LimitError,
     LoadedData,
     _encode_labels,
     _finalize,
@@ -37,7 +39,11 @@ from glai_core.data import (
 
 TABLE_BATCH_ROWS = 65536  # csv/parquet rows are checked and converted in pieces of at most this many rows
 TABLE_BATCH_BYTES = 2 * 1024**2  # and about this many bytes of (8-byte) values: fewer rows of a wide table
+MIN_BATCH_ROWS = 64  # but never fewer: each batch costs a few Python calls per column, whatever its rows
 CSV_BLOCK_BYTES = 256 * 1024  # the streaming CSV reader's block (it reads up to 32 blocks ahead)
+CSV_WIDE_LINE_BYTES = 4096  # a header longer than this makes a wide table: its blocks grow with its rows
+CSV_ROWS_PER_BLOCK = 64  # ... to hold about this many rows (pyarrow's work per block grows with columns)
+CSV_MAX_BLOCK_BYTES = 8 * 1024**2
 _READ_CSV_BLOCK_BYTES = 1 << 20  # read_csv's default block size
 PARQUET_BUFFER_BYTES = 0  # parquet column chunks: 0 reads each whole (one column at a time when big)
 PARQUET_GROUP_BYTES = 4 * 1024**2  # a bigger row group (8 bytes a value) is read column by column
@@ -178,7 +184,7 @@ def _column_names(source: Any) -> list[str]:
 
 def _table_layout(columns: list[str], has_rows: bool, label_column: str | None) -> tuple[str, list[str]]:
     """The label column and the feature columns of a table with these column names."""
-    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    duplicates = sorted(name for name, count in Counter(columns).items() if count > 1)  # (list.count: n^2)
     if duplicates:
         raise DataError(f"duplicate column names: {', '.join(map(repr, duplicates))}", duplicates[0])
     if not has_rows:
@@ -352,7 +358,17 @@ def table_to_data(table: Any, label_column: str | None, row_label: Callable[[int
 # ------------------------------------------------------------------------ streamed canonical csv/parquet
 
 def _batch_rows(width: int) -> int:
-    return max(1, min(TABLE_BATCH_ROWS, TABLE_BATCH_BYTES // (8 * max(1, width))))
+    """Rows per checked piece: about TABLE_BATCH_BYTES of values, at least MIN_BATCH_ROWS rows (a wide
+    table's per-column work is then spread over as many rows; with the column limit that is a few MB)."""
+    by_bytes = TABLE_BATCH_BYTES // (8 * max(1, width))
+    return max(1, min(TABLE_BATCH_ROWS, max(MIN_BATCH_ROWS, by_bytes)))
+
+
+def _check_width(count: int, max_columns: int | None) -> None:
+    """Refuse a table wider than ``max_columns`` from its header, before any of its rows is converted."""
+    if max_columns is not None and count > max_columns:
+        raise LimitError(f"the table has {count:,} columns, above the limit of {max_columns:,} (label "
+                         "included)", "file", "columns")
 
 
 def _row_pieces(batches: Iterable[Any], width: int) -> Iterator[Any]:
@@ -394,13 +410,15 @@ def _finish_npy(target: Path, header_bytes: int, shape: tuple[int, int]) -> None
 
 
 def _stream_table(schema: Any, batches: Iterator[Any], drain: Callable[[], None], label_column: str | None,
-                  row_label: Callable[[int], str], directory: Path) -> LoadedData:
+                  row_label: Callable[[int], str], directory: Path,
+                  max_columns: int | None = None) -> LoadedData:
     """``save_canonical(directory, table_to_data(table, ...))`` for a table read batch by batch.
 
     The batches are checked by ``_TableScan`` as the whole table is, float32 rows go to ``X.npy`` as they
     pass, and the labels are then checked and encoded as ``_finalize`` does. A layout error (names,
     label column) waits until ``drain`` has parsed the whole file: the in-memory reader fails on a broken
     file before any check."""
+    _check_width(len(schema), max_columns)
     pieces = _row_pieces(batches, len(schema))
     first = next(pieces, None)
     try:
@@ -546,21 +564,49 @@ def _csv_column_type(path: Path, name: str) -> Any:
     return table.schema.field(0).type
 
 
-def canonicalize_csv(path: Path, directory: Path, label_column: str | None) -> LoadedData:
+def _first_line(path: Path) -> bytes:
+    """The file's first line (its header), or its first CSV_MAX_BLOCK_BYTES when longer."""
+    with open(path, "rb") as handle:
+        head = handle.read(CSV_MAX_BLOCK_BYTES)
+    end = head.find(b"\n")
+    return head if end < 0 else head[:end + 1]
+
+
+def _csv_block_bytes(header: bytes) -> int:
+    """The streaming block: CSV_BLOCK_BYTES, or room for CSV_ROWS_PER_BLOCK rows of a wide table (judged by
+    its header line). pyarrow's cost per block grows with the columns, so wide rows in small blocks made
+    the parse far slower per byte than a narrow table's."""
+    if len(header) <= CSV_WIDE_LINE_BYTES:
+        return CSV_BLOCK_BYTES
+    return max(CSV_BLOCK_BYTES, min(CSV_MAX_BLOCK_BYTES, len(header) * CSV_ROWS_PER_BLOCK))
+
+
+def _check_header_width(header: bytes, max_columns: int | None) -> None:
+    """A header without quotes has exactly one more column than commas: a table far over the limit is
+    refused before pyarrow parses a block of it (with quotes, pyarrow's header decides)."""
+    if max_columns is not None and b'"' not in header:
+        _check_width(header.count(b",") + 1, max_columns)
+
+
+def canonicalize_csv(path: Path, directory: Path, label_column: str | None,
+                     max_columns: int | None = None) -> LoadedData:
     """The csv path of ``canonicalize_file``: one streamed pass, as a rule. A parse error is confirmed
     with read_csv's block size, which gives read_csv's outcome (that error, or none)."""
     _check_csv_encoding(path)
+    header = _first_line(path)
+    _check_header_width(header, max_columns)
     error: _CsvParseError | None = None
-    for block in dict.fromkeys((CSV_BLOCK_BYTES, _READ_CSV_BLOCK_BYTES)):
+    for block in dict.fromkeys((_csv_block_bytes(header), _READ_CSV_BLOCK_BYTES)):
         try:
-            return _stream_csv(path, directory, label_column, block)
+            return _stream_csv(path, directory, label_column, block, max_columns)
         except _CsvParseError as exc:
             error = exc
     assert error is not None
     raise DataError(error.message, error.field) from error.__cause__
 
 
-def _stream_csv(path: Path, directory: Path, label_column: str | None, block: int) -> LoadedData:
+def _stream_csv(path: Path, directory: Path, label_column: str | None, block: int,
+                max_columns: int | None = None) -> LoadedData:
     """pyarrow's streaming reader fixes each column's type on the first block. When a later block does
     not fit (read_csv would have loosened the type), the file is read again with read_csv's types: first
     the loosest type of any block for every column (``_csv_block_types``), then, for a column that still
@@ -574,7 +620,8 @@ def _stream_csv(path: Path, directory: Path, label_column: str | None, block: in
             with reader:
                 schema = schema if schema is not None else reader.schema
                 return _stream_table(reader.schema, _csv_batches(reader, first_bad),
-                                     lambda: _drain_csv(path, block), label_column, csv_line, directory)
+                                     lambda: _drain_csv(path, block), label_column, csv_line, directory,
+                                     max_columns)
         except _TypeChange as change:
             if schema is None:  # the first pass infers every type on its first block: cannot happen
                 raise DataError("the CSV file could not be parsed", "file") from None
@@ -596,7 +643,8 @@ def _stream_csv(path: Path, directory: Path, label_column: str | None, block: in
                                 name) from None
 
 
-def canonicalize_parquet(path: Path, directory: Path, label_column: str | None) -> LoadedData:
+def canonicalize_parquet(path: Path, directory: Path, label_column: str | None,
+                         max_columns: int | None = None) -> LoadedData:
     """The parquet path of ``canonicalize_file``, row group by row group.
 
     pyarrow decodes a whole row group even for ``iter_batches`` (and writers put up to 1Mi rows in
@@ -627,6 +675,7 @@ def canonicalize_parquet(path: Path, directory: Path, label_column: str | None) 
                                         f"{groups[index]}"))
             return table
 
+        _check_width(len(parquet.schema_arrow), max_columns)
         columns = _column_names(parquet.schema_arrow)
         if len(set(columns)) < len(columns):
             read_parquet(path)  # read_table refuses duplicate names (before reading data), in its words

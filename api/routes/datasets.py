@@ -69,7 +69,8 @@ async def upload_dataset(request: Request, services: ServicesDep, db: DbDep,
         if len(name) > 256:
             raise ApiError(422, "name is longer than 256 characters", "name")
         spec = datasets.UploadSpec(name=name, kind=kind, file_format=file_format,
-                                   label_column=form.fields.get("label_column") or None, fields=form.fields)
+                                   label_column=form.fields.get("label_column") or None, fields=form.fields,
+                                   limits=datasets.UploadLimits(max_columns=settings.max_columns))
         row = await run_in_threadpool(datasets.create_from_upload, db, services.storage, tmp_dir, owner,
                                       form.file_path, spec, form.sha256, form.size_bytes)
     finally:

@@ -32,15 +32,23 @@ from glai_common.states import FINAL_STATES
 from glai_common.storage import LocalStorage
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """The deployment's bounds on what an upload may unfold into (``None``: the library's own)."""
+
+    max_columns: int | None = None
+
+
 @dataclass
 class UploadSpec:
-    """What the client said about an upload, besides the file itself."""
+    """What the client said about an upload, besides the file itself, and the limits it is read under."""
 
     name: str
     kind: str
     file_format: str
     label_column: str | None
     fields: dict[str, str] = field(default_factory=dict)  # every form field, for kinds that need more
+    limits: UploadLimits = field(default_factory=UploadLimits)
 
 
 @dataclass
@@ -59,8 +67,14 @@ class Ingested:
 Ingester = Callable[[Path, UploadSpec, Path], Ingested]
 
 
+LIMIT_SETTINGS = {"columns": "GLAI_MAX_COLUMNS"}  # glai_core.data.LimitError.limit -> the setting
+
+
 def _data_error(exc: Exception) -> ApiError:
     message = getattr(exc, "message", None) or str(exc) or "the data could not be read"
+    setting = LIMIT_SETTINGS.get(getattr(exc, "limit", ""))
+    if setting:
+        message = f"{message} ({setting})"
     return ApiError(422, message, getattr(exc, "field", None) or "file")
 
 
@@ -85,7 +99,8 @@ def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
     from glai_core import data as gdata
 
     try:
-        loaded = gdata.canonicalize_file(path, spec.file_format, staging, label_column=spec.label_column)
+        loaded = gdata.canonicalize_file(path, spec.file_format, staging, label_column=spec.label_column,
+                                         max_columns=spec.limits.max_columns)
     except gdata.DataError as exc:
         raise _data_error(exc) from exc
     except Exception as exc:  # a parser's own error on a malformed file is still the upload's fault
