@@ -123,6 +123,9 @@ class DatasetOut(Out):
     text_column: str | None = Field(None, description="kind `text`: the column holding the texts.")
     sha256: str = Field(description="SHA-256 of the uploaded file (of the stored arrays for built-ins).")
     size_bytes: int = Field(description="Size of the uploaded file in bytes.")
+    stored_bytes: int | None = Field(None, description="Bytes it takes in storage (canonical arrays or the "
+                                     "raw upload), counted against GLAI_MAX_OWNER_STORAGE_BYTES; null for "
+                                     "datasets stored before this was recorded (their upload size counts).")
     n_samples: int = Field(description="Training samples.")
     n_features: int = Field(description="Input features per sample (d).")
     n_classes: int = Field(description="Number of classes (m).")

@@ -61,6 +61,7 @@ class Dataset(Base):
     text_column: Mapped[str | None] = mapped_column(String(256), default=None)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)  # the owner's quota counts it
     n_samples: Mapped[int] = mapped_column(Integer)
     n_features: Mapped[int] = mapped_column(Integer)
     n_classes: Mapped[int] = mapped_column(Integer)

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DECOMPRESSION_FACTOR = 4  # uint8 pixels become float32 features: 4x is what an honest upload may need
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLAI_", env_file=".env", extra="ignore")
@@ -23,6 +25,13 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(default=None, description="Artifact root; default data_dir/storage.")
 
     max_upload_bytes: int = 512 * 1024**2
+    max_decompressed_bytes: int | None = Field(
+        default=None, ge=1, description="Most bytes an upload may unfold into: an npz's decompressed members "
+        "and the canonical arrays (float32 features, int64 labels) of an npz or parquet file (413 above). "
+        "Default: 4 x max_upload_bytes.")
+    max_owner_storage_bytes: int = Field(
+        default=64 * 1024**3, ge=0, description="Storage quota per owner: the bytes their datasets take as "
+        "stored; an upload or built-in that would pass it is a 413. 0: no quota.")
     max_columns: int = Field(
         default=16_384, ge=2, description="Most columns of a csv/parquet upload, label included (422 above), "
         "checked on its header before any row is read.")
@@ -80,6 +89,11 @@ class Settings(BaseSettings):
                                    "itself and exits its process (its supervisor restarts it). 0 disables.")
     worker_health_file: Path | None = Field(
         default=None, description="Touched after each reaper pass of a worker; healthchecks read its age.")
+
+    @property
+    def resolved_max_decompressed_bytes(self) -> int:
+        """Tied to the upload limit unless set: a small file must not unfold into an unbounded one."""
+        return self.max_decompressed_bytes or DECOMPRESSION_FACTOR * self.max_upload_bytes
 
     @property
     def resolved_database_url(self) -> str:

@@ -318,15 +318,27 @@ def _check_npz(path: Path, max_bytes: int) -> list[str]:
         keys = [key for key in NPZ_KEYS if key in members]
         declared = sum(members[key].file_size for key in keys)
         if declared > max_bytes:
-            raise DataError(f"the npz file would decompress to {_size(declared)}, above the limit of "
-                            f"{_size(max_bytes)}; refusing to read it (possible zip bomb)", "file")
+            raise LimitError(f"the npz file would decompress to {_size(declared)}, above the limit of "
+                             f"{_size(max_bytes)}; refusing to read it (possible zip bomb)", "file",
+                             "decompressed_bytes")
         try:
-            for key in keys:
-                _npz_member_header(archive, members[key])
+            headers = {key: _npz_member_header(archive, members[key]) for key in keys}
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
             raise DataError(f"the npz file is corrupted or uses an unsupported zip feature ({exc})",
                             "file") from exc
+    stored = _canonical_bytes(headers)
+    if stored > max_bytes:  # small integers grow fourfold as float32 features
+        raise LimitError(f"the npz file would be stored as {_size(stored)} of float32 features and labels, "
+                         f"above the limit of {_size(max_bytes)}", "file", "decompressed_bytes")
     return keys
+
+
+def _canonical_bytes(headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+    """Bytes of the canonical arrays these npz headers become: float32 features, int64 labels."""
+    total = 0
+    for key, (shape, _) in headers.items():
+        total += math.prod(shape) * (4 if key.startswith("X") else 8)
+    return total
 
 
 _NPZ_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
@@ -447,8 +459,10 @@ def _read_exact(source: Any, out: np.ndarray, name: str, piece: int = 1024**2) -
 
 def _stream_features(archive: zipfile.ZipFile, member: _Member, target: Path, name: str,
                      locate: Callable[[int, int], str]) -> int:
-    """Decompress (or copy) a C-ordered features member to ``target`` as float32 .npy, block by block,
-    checking finiteness on the way; returns the row count. Host memory: one block."""
+    """Decompress (or copy) a features member to ``target`` as float32 .npy, block by block, checking
+    finiteness on the way; returns the row count. Host memory: one block, whatever the member's order."""
+    if member.fortran:
+        return _stream_fortran_features(archive, member, target, name, locate)
     rows, cols = member.shape[0], math.prod(member.shape[1:])
     row_bytes = cols * member.dtype.itemsize
     block_rows = max(1, STREAM_BLOCK_BYTES // max(1, row_bytes))
@@ -472,16 +486,69 @@ def _stream_features(archive: zipfile.ZipFile, member: _Member, target: Path, na
     return rows
 
 
-def _canonicalize_npz(path: Path, directory: Path, max_bytes: int) -> LoadedData | None:
-    """The npz path of ``canonicalize_file``; None when a member cannot be streamed (Fortran order),
-    for the caller to take the in-memory path. Validation and messages are ``_finalize``'s, in its order."""
+def _fortran_feature_order(trailing: tuple[int, ...]) -> np.ndarray:
+    """For each C-order flattened feature (what ``x.reshape(n, -1)`` numbers), the index of its column in
+    a Fortran-ordered member, whose columns run over the trailing dimensions first-index-fastest."""
+    count = math.prod(trailing)
+    return np.arange(count).reshape(trailing, order="F").reshape(-1)
+
+
+def _stream_fortran_features(archive: zipfile.ZipFile, member: _Member, target: Path, name: str,
+                             locate: Callable[[int, int], str]) -> int:
+    """A Fortran-ordered member holds the data column by column. Its bytes are decompressed in blocks
+    into a scratch file of float32 columns, whose row blocks are then gathered (one pread per column)
+    into ``target``: rows in C order, one block of host memory, as for a C-ordered member."""
+    rows, trailing = member.shape[0], member.shape[1:]
+    cols, itemsize = math.prod(trailing), member.dtype.itemsize
+    scratch_path = target.with_name(target.name + ".columns.part")
+    try:
+        with open(scratch_path, "w+b") as scratch:
+            with archive.open(member.info) as source:
+                source.read(member.header_bytes)
+                left = rows * cols
+                step = max(1, STREAM_BLOCK_BYTES // max(1, itemsize))
+                buffer = np.empty(min(step, left) * itemsize, dtype=np.uint8)
+                while left:
+                    count = min(step, left)
+                    raw = buffer[:count * itemsize]
+                    _read_exact(source, raw, name)
+                    with np.errstate(over="ignore"):  # overflow becomes inf, which the scan reports
+                        raw.view(member.dtype).astype(np.float32).tofile(scratch)
+                    left -= count
+                source.read(1)  # reaching the end makes zipfile check the member's CRC-32
+            scratch.flush()
+            order = _fortran_feature_order(trailing)
+            block_rows = max(1, STREAM_BLOCK_BYTES // (4 * max(1, cols)))
+            column = np.empty(min(block_rows, rows), dtype=np.float32)
+            scan = _FiniteScan()
+            with open(target, "wb") as out:
+                _write_npy_header(out, (rows, cols), np.dtype(np.float32))
+                for start in range(0, rows, block_rows):
+                    count = min(block_rows, rows - start)
+                    block = np.empty((count, cols), dtype=np.float32)
+                    piece = column[:count]
+                    for feature, stored in enumerate(order):
+                        offset = (int(stored) * rows + start) * 4
+                        if os.preadv(scratch.fileno(), [piece], offset) != piece.nbytes:
+                            raise OSError(f"short read from {scratch_path.name}")
+                        block[:, feature] = piece
+                    scan.update(block, start)
+                    if scan.first is None:  # past the first bad value only the counts are still needed
+                        block.tofile(out)
+    finally:
+        scratch_path.unlink(missing_ok=True)
+    scan.check(name, locate)
+    return rows
+
+
+def _canonicalize_npz(path: Path, directory: Path, max_bytes: int) -> LoadedData:
+    """The npz path of ``canonicalize_file``, C- or Fortran-ordered members alike (never the in-memory
+    ``load_file``). Validation and messages are ``_finalize``'s, in its order."""
     keys = _check_npz(path, max_bytes)
     try:
         with zipfile.ZipFile(path) as archive:
             infos = _npy_infos(archive)
             members = {key: _member(archive, infos[key]) for key in keys}
-            if any(members[key].fortran for key in ("X", "X_val") if key in members):
-                return None
             labels = {key: _npz_array(path, archive, infos[key]) for key in ("y", "y_val") if key in members}
             if ("X_val" in members) != ("y_val" in members):
                 missing = "y_val" if "y_val" not in members else "X_val"
@@ -533,7 +600,9 @@ def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory:
     the result is the canonical directory, memory-mapped. Host memory: a block or batch of rows (tens of
     MB) plus the labels. On a ``DataError`` the directory may hold partial files: write into a staging
     directory. ``max_columns`` bounds a csv/parquet table's columns (label included), checked on its
-    header before any row is converted (``LimitError``).
+    header before any row is converted; ``max_bytes`` an npz's decompressed members and the canonical
+    arrays an npz or parquet file becomes, from their headers and metadata before any data is read (a
+    csv's cannot exceed about twice its size). Both raise ``LimitError``.
     """
     from glai_core import tables  # lazily: tables imports this module
 
@@ -543,13 +612,8 @@ def canonicalize_file(path: str | os.PathLike[str], file_format: str, directory:
     if file_format == "csv":
         return tables.canonicalize_csv(path, directory, label_column, max_columns)
     if file_format == "parquet":
-        return tables.canonicalize_parquet(path, directory, label_column, max_columns)
-    streamed = _canonicalize_npz(path, directory, max_bytes)
-    if streamed is not None:
-        return streamed
-    data = load_file(path, file_format, label_column, max_bytes=max_bytes)
-    save_canonical(directory, data)
-    return data
+        return tables.canonicalize_parquet(path, directory, label_column, max_columns, max_bytes)
+    return _canonicalize_npz(path, directory, max_bytes)
 
 
 # ---------------------------------------------------------------------------------------- public API

@@ -644,7 +644,7 @@ def _stream_csv(path: Path, directory: Path, label_column: str | None, block: in
 
 
 def canonicalize_parquet(path: Path, directory: Path, label_column: str | None,
-                         max_columns: int | None = None) -> LoadedData:
+                         max_columns: int | None = None, max_bytes: int | None = None) -> LoadedData:
     """The parquet path of ``canonicalize_file``, row group by row group.
 
     pyarrow decodes a whole row group even for ``iter_batches`` (and writers put up to 1Mi rows in
@@ -686,6 +686,11 @@ def canonicalize_parquet(path: Path, directory: Path, label_column: str | None,
                 for name in dict.fromkeys(columns):
                     read(index, [name])
             raise
+        stored = sum(groups) * (4 * len(features) + 8)  # float32 features, int64 labels
+        if max_bytes is not None and stored > max_bytes:  # (encodings such as RLE make tiny files of it)
+            raise LimitError(f"the parquet file would be stored as {_data._size(stored)} of float32 features "
+                             f"and labels, above the limit of {_data._size(max_bytes)}", "file",
+                             "decompressed_bytes")
 
         def fill(out: Any, scan: _TableScan, finite: _FiniteScan) -> None:
             for index, rows in enumerate(groups):

@@ -12,7 +12,8 @@ _TEXT = {
     404: "Not found, or owned by someone else.",
     409: "Conflicts with the current state.",
     410: "The file is gone from storage (the row remains).",
-    413: "Upload larger than GLAI_MAX_UPLOAD_BYTES.",
+    413: "Too large: an upload over GLAI_MAX_UPLOAD_BYTES or GLAI_MAX_DECOMPRESSED_BYTES, or a dataset "
+         "past the owner's GLAI_MAX_OWNER_STORAGE_BYTES.",
     415: "Wrong content type.",
     416: "Requested byte range cannot be satisfied.",
     422: "Invalid field; `field` names it.",

@@ -70,7 +70,10 @@ async def upload_dataset(request: Request, services: ServicesDep, db: DbDep,
             raise ApiError(422, "name is longer than 256 characters", "name")
         spec = datasets.UploadSpec(name=name, kind=kind, file_format=file_format,
                                    label_column=form.fields.get("label_column") or None, fields=form.fields,
-                                   limits=datasets.UploadLimits(max_columns=settings.max_columns))
+                                   limits=datasets.UploadLimits(
+                                       max_columns=settings.max_columns,
+                                       max_decompressed_bytes=settings.resolved_max_decompressed_bytes,
+                                       owner_quota_bytes=settings.max_owner_storage_bytes))
         row = await run_in_threadpool(datasets.create_from_upload, db, services.storage, tmp_dir, owner,
                                       form.file_path, spec, form.sha256, form.size_bytes)
     finally:
@@ -79,13 +82,13 @@ async def upload_dataset(request: Request, services: ServicesDep, db: DbDep,
 
 
 @router.post("/builtin", status_code=201, response_model=DatasetCreated, summary="Add a built-in dataset",
-             responses=errors(422))
+             responses=errors(413, 422))
 def builtin_dataset(body: BuiltinDatasetCreate, services: ServicesDep, db: DbDep,
                     owner: OwnerDep) -> DatasetCreated:
     """Materialises a bundled dataset (digits, mnist1d, ...) as one of your datasets; no download.
     `duplicate_of` names the same built-in (and seed) added before."""
     row = datasets.create_builtin(db, services.storage, services.settings.data_dir / "tmp", owner, body.name,
-                                  body.seed, body.display_name)
+                                  body.seed, body.display_name, services.settings.max_owner_storage_bytes)
     return dataset_created(row, datasets.duplicates_of(db, row))
 
 

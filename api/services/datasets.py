@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
+from api.services import quota
 from api.services.pagination import page, split_page
 from glai_common.models import Dataset, FeatureCache, Job, new_id
 from glai_common.states import FINAL_STATES
@@ -37,6 +38,8 @@ class UploadLimits:
     """The deployment's bounds on what an upload may unfold into (``None``: the library's own)."""
 
     max_columns: int | None = None
+    max_decompressed_bytes: int | None = None
+    owner_quota_bytes: int = 0  # 0: no quota
 
 
 @dataclass
@@ -67,15 +70,17 @@ class Ingested:
 Ingester = Callable[[Path, UploadSpec, Path], Ingested]
 
 
-LIMIT_SETTINGS = {"columns": "GLAI_MAX_COLUMNS"}  # glai_core.data.LimitError.limit -> the setting
+# glai_core.data.LimitError.limit -> the setting and the status: too wide is malformed, too big is 413
+LIMIT_SETTINGS = {"columns": ("GLAI_MAX_COLUMNS", 422),
+                  "decompressed_bytes": ("GLAI_MAX_DECOMPRESSED_BYTES", 413)}
 
 
 def _data_error(exc: Exception) -> ApiError:
     message = getattr(exc, "message", None) or str(exc) or "the data could not be read"
-    setting = LIMIT_SETTINGS.get(getattr(exc, "limit", ""))
+    setting, status = LIMIT_SETTINGS.get(getattr(exc, "limit", ""), (None, 422))
     if setting:
         message = f"{message} ({setting})"
-    return ApiError(422, message, getattr(exc, "field", None) or "file")
+    return ApiError(status, message, getattr(exc, "field", None) or "file")
 
 
 def _describe(data: object) -> Ingested:
@@ -100,7 +105,9 @@ def ingest_features(path: Path, spec: UploadSpec, staging: Path) -> Ingested:
 
     try:
         loaded = gdata.canonicalize_file(path, spec.file_format, staging, label_column=spec.label_column,
-                                         max_columns=spec.limits.max_columns)
+                                         max_columns=spec.limits.max_columns,
+                                         max_bytes=spec.limits.max_decompressed_bytes
+                                         or gdata.MAX_DECOMPRESSED_BYTES)
     except gdata.DataError as exc:
         raise _data_error(exc) from exc
     except Exception as exc:  # a parser's own error on a malformed file is still the upload's fault
@@ -243,12 +250,15 @@ def _store(db: Session, storage: LocalStorage, staging: Path, row: Dataset) -> D
 def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, upload: Path,
                        spec: UploadSpec, sha256: str, size_bytes: int) -> Dataset:
     ident = new_id()
+    quota.check(db, owner, 0, spec.limits.owner_quota_bytes, "file")  # already full: read nothing
     with tempfile.TemporaryDirectory(prefix="dataset-", dir=tmp_dir) as staging_dir:
         staging = Path(staging_dir)
         info = INGESTERS[spec.kind](upload, spec, staging)
+        stored = quota.staged_bytes(staging)
+        quota.check(db, owner, stored, spec.limits.owner_quota_bytes, "file")
         row = Dataset(id=ident, owner=owner, name=spec.name, kind=spec.kind, source="upload",
                       file_format=spec.file_format, label_column=info.label_column or spec.label_column,
-                      text_column=info.text_column, sha256=sha256, size_bytes=size_bytes,
+                      text_column=info.text_column, sha256=sha256, size_bytes=size_bytes, stored_bytes=stored,
                       n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
                       n_validation=info.n_validation, class_names=info.class_names,
                       storage_key=f"datasets/{ident}")
@@ -256,7 +266,7 @@ def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner:
 
 
 def create_builtin(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, name: str, seed: int,
-                   display_name: str | None) -> Dataset:
+                   display_name: str | None, quota_bytes: int = 0) -> Dataset:
     from glai_core import data as gdata
 
     if name not in gdata.BUILTIN_NAMES:
@@ -278,8 +288,10 @@ def create_builtin(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str
                 while block := handle.read(1024 * 1024):
                     digest.update(block)
                     size += len(block)
+        quota.check(db, owner, size, quota_bytes, "name")
         row = Dataset(id=ident, owner=owner, name=display_name or name, kind="features", source="builtin",
                       file_format="builtin", label_column=None, sha256=digest.hexdigest(), size_bytes=size,
+                      stored_bytes=size,
                       n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
                       n_validation=info.n_validation, class_names=info.class_names,
                       storage_key=f"datasets/{ident}")
