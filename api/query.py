@@ -9,6 +9,7 @@ sub-dependency would not be seen). Read once per endpoint.
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 from collections.abc import Callable
 from functools import lru_cache
@@ -20,11 +21,18 @@ from fastapi.params import Query
 from api.deps import OwnerDep
 from api.errors import ApiError
 
+log = logging.getLogger("glai.api")
+
 
 @lru_cache(maxsize=256)
-def query_names(endpoint: Callable[..., Any]) -> frozenset[str]:
-    """The query parameter names (aliases where given) of an endpoint."""
-    hints = typing.get_type_hints(endpoint, include_extras=True)
+def query_names(endpoint: Callable[..., Any]) -> frozenset[str] | None:
+    """The query parameter names (aliases where given) of an endpoint; None when its annotations cannot
+    be resolved (then nothing is refused: a valid request must never be)."""
+    try:
+        hints = typing.get_type_hints(endpoint, include_extras=True)
+    except Exception:  # any failure to resolve means "unknown", never a 500
+        log.warning("cannot read the query parameters of %s; not checking them", endpoint.__qualname__)
+        return None
     names = set()
     for name, parameter in inspect.signature(endpoint).parameters.items():
         metadata = getattr(hints.get(name), "__metadata__", ())
@@ -41,6 +49,8 @@ def known_query(request: Request, _owner: OwnerDep) -> None:
     if endpoint is None:
         return
     allowed = query_names(endpoint)
+    if allowed is None:
+        return
     unknown = [key for key in dict.fromkeys(request.query_params.keys()) if key not in allowed]
     if unknown:
         takes = f"it takes: {', '.join(sorted(allowed))}" if allowed else "it takes none"
