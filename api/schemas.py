@@ -196,7 +196,9 @@ AUTO_NOTE = ("`auto` (default): chosen from the data (N, d, m); the job's `summa
              "says what and why.")
 
 
-def _int_or_auto(low: int, high: int = 1_000_000) -> Any:
+def _int_or_auto(low: int, high: int | None = 1_000_000) -> Any:
+    """An integer in [low, high] or "auto"; epoch budgets have no bound here: the deployment's
+    GLAI_MAX_EPOCHS refuses them with its own message (``api.services.limits``)."""
     return Annotated[int, Field(ge=low, le=high)] | Literal["auto"]
 
 
@@ -207,7 +209,8 @@ def _rate_or_auto() -> Any:
 class StructuralIn(In):
     """Phase 1: train the structural MLP until its gating pattern stops changing."""
 
-    max_epochs: _int_or_auto(1) = Field("auto", description=f"Upper bound on structural epochs. {AUTO_NOTE}")
+    max_epochs: _int_or_auto(1, None) = Field("auto",
+                                              description=f"Upper bound on structural epochs. {AUTO_NOTE}")
     min_epochs: _int_or_auto(0) = Field(
         "auto", description="Epochs always run before the structure may freeze (at most max_epochs). "
                             f"{AUTO_NOTE}")
@@ -246,7 +249,7 @@ class QuantitativeIn(In):
                     "form only; `adam`: mini-batch Adam from the warm start; `lbfgs`: full-batch L-BFGS on "
                     "cross-entropy from the warm start; `ridge+adam`, `ridge+lbfgs`: the closed form first.")
     warm_start: bool = Field(_QUANT.warm_start, description="Start from the structural MLP's function.")
-    epochs: _int_or_auto(0) = Field("auto", description=f"Adam epochs (0: none). {AUTO_NOTE}")
+    epochs: _int_or_auto(0, None) = Field("auto", description=f"Adam epochs (0: none). {AUTO_NOTE}")
     lr: float = Field(_QUANT.lr, gt=0, le=10, description="Adam learning rate.")
     batch_size: _int_or_auto(1) = Field("auto", description=f"Adam mini-batch size. {AUTO_NOTE}")
     ridge_lambda: float = Field(_QUANT.ridge_lambda, ge=0, le=1e6,
@@ -287,7 +290,8 @@ class BaselineIn(In):
     """A parameter-matched MLP trained the usual way, for comparison."""
 
     enabled: bool = Field(_BASE.enabled, description="Train the MLP baseline.")
-    max_epochs: _int_or_auto(1) = Field("auto", description=f"Upper bound on baseline epochs. {AUTO_NOTE}")
+    max_epochs: _int_or_auto(1, None) = Field("auto",
+                                              description=f"Upper bound on baseline epochs. {AUTO_NOTE}")
     patience: _int_or_auto(1, 10_000) = Field(
         "auto", description=f"Epochs without improvement before stopping. {AUTO_NOTE}")
     lr: _rate_or_auto() = Field("auto", description=f"Adam learning rate. {AUTO_NOTE}")

@@ -452,7 +452,7 @@ JOB_CASES = [
         "r-zero",
         {"architecture": {"reduction_factor": 0}},
         422,
-        ["'auto' or a finite number"],
+        ["'auto', 'adaptive' or a finite number"],
         "architecture.reduction_factor",
     ),
     JobCase(

@@ -37,7 +37,8 @@ SUMMARY_KEYS = {"glai_accuracy", "structure_accuracy", "warm_start_accuracy", "b
                 "glai_hidden", "reference_hidden", "mlp_params", "glai_trainable_params", "structure_params",
                 "stopped_by", "training_precision"}
 # Long enough to act on mid-phase (a few seconds of structural epochs), short enough for CI.
-LONG_STRUCTURAL = {"max_epochs": 1000, "threshold": 0.0, "batch_size": 64}  # far longer than the test waits
+# far longer than the test waits: neither the stability rule nor the validation plateau may end it
+LONG_STRUCTURAL = {"max_epochs": 1000, "threshold": 0.0, "batch_size": 64, "patience": 100_000}
 
 
 def _sqlite_backend(tmp_path: Path) -> Backend:
