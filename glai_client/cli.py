@@ -65,7 +65,8 @@ def submit(
     dataset_id: Annotated[str, typer.Argument(help="Dataset id (see `glai datasets list`).")],
     config: Annotated[Path | None, typer.Option(help="JSON file with job settings (API body).")] = None,
     hidden: Annotated[str | None, typer.Option(help="Reference MLP widths, e.g. 256 or 512,256.")] = None,
-    reduction_factor: Annotated[str | None, typer.Option(help="'auto' or a number.")] = None,
+    reduction_factor: Annotated[str | None, typer.Option(
+        help="'auto' (match the MLP's parameters), 'adaptive' (sized by the data) or a number.")] = None,
     structural_epochs: Annotated[int | None, typer.Option(help="Max structural epochs.")] = None,
     quantitative_epochs: Annotated[int | None, typer.Option(help="Quantitative (Adam) epochs.")] = None,
     baseline: Annotated[bool | None, typer.Option(help="Train the MLP baseline.")] = None,

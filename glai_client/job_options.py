@@ -72,7 +72,9 @@ def number_list(option: str, text: str, example: str) -> list[float]:
 
 
 def auto_or_number(option: str, text: str) -> str | float:
-    return "auto" if text.strip().lower() == "auto" else number(option, text, "auto or 4")
+    """``auto`` (parameter-matched), ``adaptive`` (sized by the data) or a number."""
+    word = text.strip().lower()
+    return word if word in ("auto", "adaptive") else number(option, text, "auto, adaptive or 4")
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -107,3 +107,11 @@ def test_a_label_column_left_in_the_file_is_named(model_file: tuple[Path, np.nda
     bare = tmp_path / "bare_labelled.csv"
     bare.write_text("\n".join(f"{line},dog" for line in body.splitlines()) + "\n")
     _refused(["predict", str(model), str(bare)], "column 4", "not numeric", "'dog'")
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", "auto"), ("Adaptive", "adaptive"), ("2.5", 2.5)])
+def test_reduction_factor_words_and_numbers_reach_the_body(text: str, value: object) -> None:
+    from glai_client.job_options import JobOptions, job_body
+
+    body = job_body(JobOptions(reduction_factor=text))
+    assert body["architecture"]["reduction_factor"] == value
