@@ -39,6 +39,7 @@ from bench.common import (
     to_device,
 )
 from glai_core.config import TrainConfig
+from glai_core.cost_model import choose_phase2, phase2_seconds
 from glai_core.data import DataError
 from glai_core.defaults import adapt
 from glai_core.hooks import Hooks
@@ -51,7 +52,7 @@ from glai_core.pipeline import (
     structural_phase,
     time_to_target,
 )
-from glai_core.solvers import choose_phase2, phase2_seconds, quantitative_phase
+from glai_core.solvers import quantitative_phase
 from glai_core.train import DeviceSet
 
 COLUMNS = ["task", "n / d / m", "MLP acc", "MLP epochs (best/run)", "MLP time-to-target s", "solver",

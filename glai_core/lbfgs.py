@@ -41,7 +41,7 @@ class LbfgsSettings:
 
 def explicit_features(block: GLAIBlock, data: DeviceSet, max_bytes: int) -> Tensor | None:
     """F (N, D) in float32 when it fits in ``max_bytes``, built chunk by chunk from the cached gates."""
-    from glai_core.solvers import feature_dim, path_features
+    from glai_core.paths import feature_dim, path_features
 
     assert data.gates is not None, "L-BFGS phase 2 needs cached gates"
     dim = feature_dim(block)

@@ -1,15 +1,13 @@
 """Phase-2 solvers: with S frozen the block is linear in (Theta, c), so the fit is convex.
 
-* first order: Adam on cross-entropy with a small learning rate from the warm start (``train.fit``);
+* lbfgs: full-batch L-BFGS on cross-entropy from the warm start (``glai_core.lbfgs``);
+* adam: mini-batch Adam on cross-entropy with a small learning rate from the warm start (``train.fit``);
 * ridge: least squares on one-hot targets in closed form. One pass accumulates the normal equations
-  [F 1]^T [F 1] and [F 1]^T Y in float64 (F[b] = g_L(b) x g~_{L-1}(b) x ... x g~_1(b) x x~(b), the
-  row of Theta[k] that multiplies sample b), then a Cholesky solve per lambda. When the normal matrix
-  would exceed ``max_normal_matrix_bytes`` a matrix-free, Jacobi-preconditioned conjugate gradient
-  solves the same system, applying F and F^T through the block's own forward (and its autograd);
-* ridge+adam: ridge, then a short Adam refinement;
-* auto (default): ridge+adam when the cheapest exact closed form costs at most a few Adam epochs
-  (``choose_phase2``: arithmetic of the primal N D^2 + D^3/3 or dual N^2 (d + sum h) + N^3/3 solve against
-  one epoch's 4 N D m plus per-step overhead), else Adam alone from the warm start on cached gates.
+  [F 1]^T [F 1] and [F 1]^T Y in float64 (F: the path features, ``glai_core.paths``), then a Cholesky
+  solve per lambda. When neither the primal nor the dual matrix fits ``max_normal_matrix_bytes``,
+  Nystrom-preconditioned conjugate gradients solve the same system matrix-free (``glai_core.cg``);
+* ridge+lbfgs, ridge+adam: ridge, then the first-order refinement;
+* auto (default): the cheapest by estimated seconds on the device (``glai_core.cost_model``).
 
 The exact closed form has two equivalent shapes: the primal (D+1) x (D+1) normal matrix, and the dual
 N x N kernel K = (X~ X~^T) * prod_l (G~_l G~_l^T) (elementwise), which never materialises F and is far
@@ -34,15 +32,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from glai_core.cg import _Operator, cg_solve
 from glai_core.checkpoint import Checkpoint, PhaseState, load_checkpoint, save_checkpoint
 from glai_core.config import QuantitativeConfig
+from glai_core.cost_model import (
+    choose_phase2,
+    choose_ridge_method,
+    ridge_costs,
+)
 from glai_core.defaults import quantitative_settings
 from glai_core.hooks import Cancelled, Hooks
 from glai_core.lbfgs import LbfgsSettings, lbfgs_fit
 from glai_core.metrics import evaluate_sums
-from glai_core.model import GLAIBlock, StructuralMLP, theta_shape
+from glai_core.model import GLAIBlock, StructuralMLP
+from glai_core.paths import chunk_rows, feature_dim, flat_weights, path_features, unflat_weights
 from glai_core.train import (
     EVAL_BATCH,
     Best,
@@ -55,7 +59,6 @@ from glai_core.train import (
     fit,
 )
 
-CHUNK_BYTES = 256 * 1024**2  # working memory for one chunk of explicit features
 TRAIN_LOSS_ROWS = 8192  # rows behind the train-loss point of non-epoch steps (start, closed form)
 
 
@@ -73,25 +76,6 @@ class RidgeSolution:
 
 # ------------------------------------------------------------------------------------- features
 
-def path_features(x: Tensor, gates: list[Tensor]) -> Tensor:
-    """Explicit rows of F for a chunk: (b, prod(theta.shape[1:])), ordered like Theta[k].flatten()."""
-    feats = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-    for level, gate in enumerate(gates):
-        g = gate.to(feats.dtype)
-        if level < len(gates) - 1:
-            g = torch.cat([g, g.new_ones(g.shape[0], 1)], dim=1)
-        feats = (g[:, :, None] * feats[:, None, :]).reshape(x.shape[0], -1)
-    return feats
-
-
-def feature_dim(block: GLAIBlock) -> int:
-    return math.prod(block.theta.shape[1:])
-
-
-def _chunk_rows(dim: int) -> int:
-    return max(1, min(65536, CHUNK_BYTES // (8 * (dim + 1))))
-
-
 def normal_equations(block: GLAIBlock, data: DeviceSet) -> tuple[Tensor, Tensor]:
     """G = [F 1]^T [F 1] (D+1, D+1) and B = [F 1]^T Y (D+1, m), float64, one pass over the data."""
     assert data.gates is not None, "phase 2 needs cached gates"
@@ -99,7 +83,7 @@ def normal_equations(block: GLAIBlock, data: DeviceSet) -> tuple[Tensor, Tensor]
     device = data.x.device
     gram = torch.zeros(dim + 1, dim + 1, dtype=torch.float64, device=device)
     rhs = torch.zeros(dim + 1, m, dtype=torch.float64, device=device)
-    rows = _chunk_rows(dim)
+    rows = chunk_rows(dim)
     for start in range(0, len(data), rows):
         part = slice(start, start + rows)
         feats = path_features(data.x[part].double(), data.gates.take(part))
@@ -107,18 +91,6 @@ def normal_equations(block: GLAIBlock, data: DeviceSet) -> tuple[Tensor, Tensor]
         gram += feats.T @ feats
         rhs += feats.T @ F.one_hot(data.y[part], m).double()
     return gram, rhs
-
-
-def _flat(block: GLAIBlock, theta: Tensor, bias: Tensor) -> Tensor:
-    """(Theta, c) -> (D+1, m) float64 column-per-output layout of the normal equations."""
-    m = block.out_features
-    return torch.cat([theta.reshape(m, -1).T, bias[None, :]], dim=0).double()
-
-
-def _unflat(block: GLAIBlock, flat: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-    dtype = dtype or block.theta.dtype
-    theta = flat[:-1].T.reshape(block.theta.shape).to(dtype)
-    return theta.contiguous(), flat[-1].to(dtype).contiguous()
 
 
 def cholesky_solve(gram: Tensor, rhs: Tensor, lam: float, prior: Tensor | None = None) -> Tensor:
@@ -141,223 +113,6 @@ def cholesky_solve(gram: Tensor, rhs: Tensor, lam: float, prior: Tensor | None =
         if int(info) == 0:
             return torch.cholesky_solve(target, factor)
     raise RuntimeError("normal matrix is not positive definite even with jitter")
-
-
-# ------------------------------------------------------------------------------ matrix-free CG
-
-class _Operator:
-    """W -> F W and R -> F^T R over the whole split, chunk by chunk, through the block's own contraction
-    (forward via ``functional_call``, adjoint via autograd), in float64."""
-
-    def __init__(self, block: GLAIBlock, data: DeviceSet, chunk: int = EVAL_BATCH) -> None:
-        assert data.gates is not None
-        self.block, self.data, self.chunk = block, data, chunk
-        self.zero_bias = torch.zeros(block.out_features, dtype=torch.float64, device=data.x.device)
-
-    def parts(self) -> list[slice]:
-        return [slice(s, s + self.chunk) for s in range(0, len(self.data), self.chunk)]
-
-    def forward(self, theta: Tensor, part: slice, square: bool = False) -> Tensor:
-        x = self.data.x[part].double()
-        gates = self.data.gates.take(part)  # type: ignore[union-attr]
-        return functional_call(self.block, {"theta": theta, "bias": self.zero_bias},
-                               (x * x if square else x,), {"gates": gates})
-
-    def adjoint(self, residual: Tensor, part: slice, square: bool = False) -> Tensor:
-        """F^T R for one chunk (theta-shaped); F is linear, so the point of linearisation is irrelevant."""
-        with torch.enable_grad():
-            theta = torch.zeros(self.block.theta.shape, dtype=torch.float64, device=residual.device,
-                                requires_grad=True)
-            (grad,) = torch.autograd.grad(self.forward(theta, part, square), theta, residual.double())
-        return grad
-
-
-class _CenteredNormal:
-    """(F_c^T F_c + lam I) for centred features F_c = F - 1 mu^T, never materialised.
-
-    Centring removes the unpenalised intercept from the iteration (it is recovered afterwards as
-    c = mean(Y) - mu^T W); left in, it makes the system far worse conditioned and CG crawl.
-    """
-
-    def __init__(self, block: GLAIBlock, data: DeviceSet) -> None:
-        self.op, self.block, self.n = _Operator(block, data), block, len(data)
-        m = block.out_features
-        ones = [data.x.new_ones(min(p.stop, self.n) - p.start, m, dtype=torch.float64)
-                for p in self.op.parts()]
-        self.mu = self._sum(lambda i, p: self.op.adjoint(ones[i], p)) / self.n
-        # diag(F^T F) = F^T 1 evaluated at x^2, since the gates are 0/1
-        squares = self._sum(lambda i, p: self.op.adjoint(ones[i], p, square=True))
-        self.diag = squares - self.n * self.mu * self.mu
-
-    def _sum(self, term) -> Tensor:  # noqa: ANN001
-        parts = self.op.parts()
-        total = term(0, parts[0])
-        for i, p in enumerate(parts[1:], start=1):
-            total = total + term(i, p)
-        return total
-
-    def rhs(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """F_c^T Y and mean(Y) for one-hot targets."""
-        m = self.block.out_features
-        total = self._sum(lambda _, p: self.op.adjoint(F.one_hot(y[p], m).double(), p))
-        y_mean = F.one_hot(y, m).double().mean(dim=0)
-        return total - self.n * self.mu * y_mean.view(m, *([1] * (self.mu.dim() - 1))), y_mean
-
-    def apply(self, w: Tensor, lam: float) -> Tensor:
-        shift = (self.mu * w).flatten(1).sum(dim=1)  # mu^T W per output
-        out = torch.zeros_like(w)
-        for p in self.op.parts():
-            centred = self.op.forward(w, p) - shift
-            out += self.op.adjoint(centred, p)
-        return out + lam * w
-
-
-def unit_grams(block: GLAIBlock, data: DeviceSet, mu: Tensor) -> Tensor:
-    """The diagonal blocks of the centred F^T F, one (d+1) x (d+1) block per path prefix J = (j_L..j_1):
-    sum_b w_bJ x~_b x~_b^T - N mu_J mu_J^T, with w_bJ the product of the gates along J. One pass,
-    F^T X~ chunk by chunk (N D (d+1) flops, D (d+1) floats)."""
-    assert data.gates is not None
-    width = block.in_features + 1
-    dim = feature_dim(block)
-    grams = torch.zeros(dim, width, dtype=torch.float64, device=data.x.device)
-    rows = _chunk_rows(dim)
-    for start in range(0, len(data), rows):
-        part = slice(start, start + rows)
-        x = data.x[part].double()
-        inputs = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-        grams += path_features(x, data.gates.take(part)).T @ inputs
-    grams = grams.view(dim // width, width, width)
-    prefix_mu = mu[0].reshape(dim // width, width)
-    return grams - len(data) * prefix_mu[:, :, None] * prefix_mu[:, None, :]
-
-
-class _BlockJacobi:
-    """z = blockdiag(B_J + lam I)^-1 r: per-prefix Cholesky factors of the centred unit Grams. For one
-    hidden layer the blocks are the per-unit Grams X~^T diag(g_j) X~; they capture the input correlations
-    that plain Jacobi ignores, which is what slows CG on standardised but correlated features."""
-
-    def __init__(self, grams: Tensor, lam: float) -> None:
-        eye = torch.eye(grams.shape[-1], dtype=grams.dtype, device=grams.device)
-        scale = grams.diagonal(dim1=1, dim2=2).abs().amax().clamp_min(1e-300)
-        for jitter in (0.0, 1e-10, 1e-8, 1e-6):
-            factor, info = torch.linalg.cholesky_ex(grams + (lam + jitter * scale) * eye)
-            if int(info.max()) == 0:
-                break
-        self.factor = factor
-
-    def __call__(self, r: Tensor) -> Tensor:
-        m, width = r.shape[0], r.shape[-1]
-        blocks = r.reshape(m, -1, width).permute(1, 2, 0)  # (prefixes, d+1, m)
-        z = torch.cholesky_solve(blocks, self.factor)
-        return z.permute(2, 0, 1).reshape(r.shape)
-
-
-NYSTROM_RANK = 100
-
-
-class _Nystrom:
-    """Randomised Nystrom preconditioner (Frangella, Tropp and Udell 2023; CRONOS uses it for convex
-    two-layer nets): a rank-r sketch U diag(s) U^T of the centred F^T F from r products with it, then
-    P^-1 r = (s_r + lam) U (s + lam)^-1 U^T r + (r - U U^T r). It removes the few large eigenvalues that
-    the shared inputs x~ of every active unit create, which is what slows plain CG on these systems."""
-
-    def __init__(self, system: _CenteredNormal, rank: int, lam: float, seed: int = 0) -> None:
-        shape = system.mu.shape[1:]
-        dim = math.prod(shape)
-        rank = max(1, min(rank, dim))
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        omega = torch.randn(dim, rank, generator=generator, dtype=torch.float64).to(system.mu.device)
-        omega, _ = torch.linalg.qr(omega)
-        sketch = torch.cat([self._apply(system, omega[:, i:i + system.mu.shape[0]], shape)
-                            for i in range(0, rank, system.mu.shape[0])], dim=1)
-        shift = 1e-10 * float(sketch.norm())  # keeps the small Cholesky stable
-        sketch = sketch + shift * omega
-        core = torch.linalg.cholesky(omega.T @ sketch + 1e-14 * torch.eye(rank, dtype=sketch.dtype,
-                                                                           device=sketch.device))
-        factor = torch.linalg.solve_triangular(core, sketch.T, upper=False).T  # sketch @ core^-T
-        u, sigma, _ = torch.linalg.svd(factor, full_matrices=False)
-        self.u = u
-        self.values = (sigma**2 - shift).clamp_min(0.0)
-        self.lam = lam
-        self.shape = shape
-
-    @staticmethod
-    def _apply(system: _CenteredNormal, columns: Tensor, shape: torch.Size) -> Tensor:
-        """Centred F^T F times up to m columns at once (the operator works in groups of m outputs)."""
-        m = system.mu.shape[0]
-        used = columns.shape[1]
-        padded = torch.zeros(columns.shape[0], m, dtype=columns.dtype, device=columns.device)
-        padded[:, :used] = columns
-        w = padded.T.reshape(m, *shape)
-        return system.apply(w, 0.0).reshape(m, -1).T[:, :used]
-
-    def __call__(self, r: Tensor) -> Tensor:
-        flat = r.reshape(r.shape[0], -1).T  # (D, m)
-        projected = self.u.T @ flat
-        scale = (self.values[-1] + self.lam) / (self.values + self.lam)
-        out = self.u @ (scale[:, None] * projected) + flat - self.u @ projected
-        return out.T.reshape(r.shape)
-
-
-def cg_solve(block: GLAIBlock, data: DeviceSet, relative_lambda: float, prior: Tensor | None,
-             max_iter: int = 200, tol: float = 1e-5, preconditioner: str = "auto",
-             max_block_bytes: int = 2 * 1024**3, info: dict | None = None) -> tuple[Tensor, float]:
-    """Preconditioned CG on the centred normal equations, all m outputs at once.
-
-    Solves the same problem as ``cholesky_solve`` (ridge on Theta towards ``prior``, free intercept)
-    and returns the same (D+1, m) layout; lambda = relative * mean diag(F^T F). ``preconditioner``:
-    ``nystrom`` (a rank-100 randomised sketch, ``_Nystrom``; on digits 5-7x fewer iterations than
-    Jacobi), ``block`` (block-Jacobi on the per-prefix input Grams, ``unit_grams``: 10-20% fewer, when
-    its D (d+1) floats fit in ``max_block_bytes``), ``jacobi`` (the diagonal); ``auto`` is nystrom.
-    ``info`` receives the iterations and the preconditioner used.
-    """
-    assert data.gates is not None
-    system = _CenteredNormal(block, data)
-    m = block.out_features
-    lam = relative_lambda * float((system.diag + system.n * system.mu**2).mean())
-    rhs, y_mean = system.rhs(data.y)
-    w = torch.zeros_like(rhs)
-    if prior is not None:
-        w0 = prior[:-1].T.reshape(rhs.shape)
-        rhs, w = rhs + lam * w0, w0.clone()
-    if preconditioner == "auto":
-        preconditioner = "nystrom"
-    if preconditioner == "block" and 8 * feature_dim(block) * (block.in_features + 1) > max_block_bytes:
-        preconditioner = "jacobi"
-    if preconditioner == "block":
-        precond = _BlockJacobi(unit_grams(block, data, system.mu), lam)
-    elif preconditioner == "nystrom":
-        precond = _Nystrom(system, NYSTROM_RANK, lam)
-    else:
-        inverse = 1.0 / (system.diag + lam).clamp_min(1e-12)
-
-        def precond(r: Tensor) -> Tensor:
-            return inverse * r
-    r = rhs - system.apply(w, lam)
-    z = precond(r)
-    p = z.clone()
-
-    def dot(a: Tensor, b: Tensor) -> Tensor:
-        return (a * b).flatten(1).sum(dim=1).view(m, *([1] * (a.dim() - 1)))
-
-    rz = dot(r, z)
-    rhs_norm = dot(rhs, rhs).sqrt().clamp_min(1e-300)
-    iterations = 0
-    for iterations in range(max_iter + 1):  # noqa: B007 -- the count is reported
-        if iterations == max_iter or bool((dot(r, r).sqrt() / rhs_norm < tol).all()):
-            break
-        ap = system.apply(p, lam)
-        alpha = rz / dot(p, ap).clamp_min(1e-300)
-        w = w + alpha * p
-        r = r - alpha * ap
-        z = precond(r)
-        rz_new = dot(r, z)
-        p = z + (rz_new / rz.clamp_min(1e-300)) * p
-        rz = rz_new
-    if info is not None:
-        info.update({"iterations": iterations, "preconditioner": preconditioner})
-    bias = y_mean - (system.mu * w).flatten(1).sum(dim=1)
-    return _flat(block, w, bias), lam
 
 
 # ------------------------------------------------------------------------------ dual (kernel) form
@@ -412,7 +167,7 @@ def dual_solve(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lamb
     val_base = torch.zeros(len(val), m, dtype=torch.float64, device=train.x.device)
     prior_theta = None
     if prior is not None:
-        prior_theta = _unflat(block, prior, torch.float64)[0]
+        prior_theta = unflat_weights(block, prior, torch.float64)[0]
         residual = residual - torch.cat([op.forward(prior_theta, p) for p in op.parts()])
         val_base = torch.cat([val_op.forward(prior_theta, p) for p in val_op.parts()])
     residual_mean = residual.mean(dim=0)
@@ -446,7 +201,7 @@ def dual_solve(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lamb
     theta = sum(op.adjoint(alpha[p], p) for p in op.parts())
     if prior_theta is not None:
         theta = theta + prior_theta
-    return _flat(block, theta, bias), relative * scale, relative
+    return flat_weights(block, theta, bias), relative * scale, relative
 
 
 # ------------------------------------------------------------------------------ scale and choice
@@ -485,7 +240,7 @@ def fit_temperature(out: Tensor, y: Tensor, lo: float = 1e-2, hi: float = 1e3, i
 
 def warm_prior(block: GLAIBlock, gram: Tensor | None, rhs: Tensor | None, data: DeviceSet) -> Tensor:
     """alpha * (Theta0, c0) with alpha the least-squares scale of the warm logits to one-hot targets."""
-    w0 = _flat(block, block.theta.detach(), block.bias.detach())
+    w0 = flat_weights(block, block.theta.detach(), block.bias.detach())
     if gram is not None and rhs is not None:
         num, den = (w0 * rhs).sum(), (w0 * (gram @ w0)).sum()
     else:
@@ -501,7 +256,7 @@ def warm_prior(block: GLAIBlock, gram: Tensor | None, rhs: Tensor | None, data: 
 
 
 def _apply(block: GLAIBlock, flat: Tensor, scale: float = 1.0) -> None:
-    theta, bias = _unflat(block, flat * scale)
+    theta, bias = unflat_weights(block, flat * scale)
     with torch.no_grad():
         block.theta.copy_(theta)
         block.bias.copy_(bias)
@@ -514,34 +269,6 @@ def _score(block: GLAIBlock, flat: Tensor, val: DeviceSet) -> tuple[float, float
     _apply(block, flat, temperature)
     loss, correct, n = evaluate_sums(block, val.x, val.y, EVAL_BATCH, val.gates).tolist()
     return temperature, correct / n, loss / n
-
-
-@dataclass(frozen=True)
-class RidgeCost:
-    """Estimated arithmetic (flops) and memory (bytes) of one closed-form phase 2, per method."""
-
-    method: str
-    flops: float
-    bytes: float
-
-
-def ridge_costs(n: int, n_val: int, d: int, hidden: list[int], m: int, n_lambdas: int) -> list[RidgeCost]:
-    """Primal: accumulate [F 1]^T [F 1] (N D^2) and factor it per lambda (D^3 / 3). Dual: the N x N kernel
-    (N^2 (d + sum h)) and one Cholesky per lambda (N^3 / 3). CG is never cheap (a data pass per iteration)
-    and is only the fallback when neither matrix fits in memory."""
-    dim = math.prod(theta_shape(d, hidden, m)[1:]) + 1
-    width = d + 1 + sum(hidden)
-    return [
-        RidgeCost("cholesky", n * dim * dim + n_lambdas * dim**3 / 3, 2 * 8 * dim * dim),
-        RidgeCost("dual", (n * n + n_val * n) * width + n_lambdas * n**3 / 3 + 4 * n * dim * m,
-                  2 * 8 * n * n + 8 * n_val * n),
-    ]
-
-
-def choose_ridge_method(costs: list[RidgeCost], max_bytes: int) -> RidgeCost | None:
-    """The cheapest exact method whose matrices fit in ``max_bytes``; None means CG."""
-    fitting = [c for c in costs if c.bytes <= max_bytes]
-    return min(fitting, key=lambda c: c.flops) if fitting else None
 
 
 def ridge_fit(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lambdas: list[float],
@@ -589,68 +316,6 @@ def _candidate(block: GLAIBlock, flat: Tensor, lam: float, relative: float, val:
     return RidgeSolution(theta=block.theta.detach().clone(), bias=block.bias.detach().clone(), lam=lam,
                          relative_lambda=relative, temperature=temperature, val_accuracy=acc, val_loss=loss,
                          method=method)
-
-
-# ------------------------------------------------------------------------------ the choice
-
-@dataclass(frozen=True)
-class DeviceSpeed:
-    """What the cost model assumes of a device: sustained float32 GEMM rate on these shapes, and the fixed
-    cost of one mini-batch step (kernel launches, optimiser, Python), measured on the benchmark tasks."""
-
-    flops_per_s: float
-    step_s: float
-
-
-DEVICE_SPEEDS = {"cpu": DeviceSpeed(5e10, 3e-4), "cuda": DeviceSpeed(2e13, 4e-5)}
-LBFGS_EXPECTED_ITERATIONS = 30  # iterations L-BFGS typically runs before validation stops improving
-LBFGS_PASSES_PER_ITERATION = 1.3  # strong-Wolfe line search: function evaluations per iteration
-ADAM_EXPECTED_EPOCHS = 10  # Adam's epoch budget when the config leaves it to the data
-RIDGE_SHARE = 0.5  # auto runs the exact closed form first when it costs at most this share of the rest
-RIDGE_ALWAYS_S = 0.2  # ... or at most this long: a jump to the exact squared-loss optimum is worth it
-
-
-def phase2_seconds(n: int, n_val: int, d: int, hidden: list[int], m: int, cfg: QuantitativeConfig,
-                   device: str = "cpu") -> dict[str, float]:
-    """Estimated seconds of each phase-2 method on ``device`` (``inf``: the exact ridge does not fit).
-
-    Arithmetic is 2 flops per multiply-add; one pass of the path contraction is 2 N D m flops forward and as
-    many for Theta's gradient. Adam pays ``step_s`` per mini-batch step on top; L-BFGS makes few, large
-    passes (and a validation score every ``lbfgs_eval_every`` iterations)."""
-    speed = DEVICE_SPEEDS.get(device, DEVICE_SPEEDS["cpu"])
-    dim = math.prod(theta_shape(d, hidden, m)[1:])
-    pass_flops = 4.0 * n * dim * m
-    batch = cfg.batch_size or 512
-    adam_epoch = pass_flops / speed.flops_per_s + math.ceil(n / batch) * speed.step_s
-    iterations = min(cfg.lbfgs_iterations, LBFGS_EXPECTED_ITERATIONS)
-    scores = iterations / max(1, cfg.lbfgs_eval_every)
-    lbfgs = (iterations * LBFGS_PASSES_PER_ITERATION * pass_flops + n * dim + scores * n_val * dim * m * 2
-             ) / speed.flops_per_s + (iterations + scores) * speed.step_s
-    exact = choose_ridge_method(ridge_costs(n, n_val, d, hidden, m, len(cfg.ridge_lambdas)),
-                                cfg.max_normal_matrix_bytes)
-    return {"adam": (cfg.epochs or ADAM_EXPECTED_EPOCHS) * adam_epoch,
-            "lbfgs": lbfgs,
-            "ridge": float("inf") if exact is None else exact.flops / speed.flops_per_s,
-            "ridge_method": "cg" if exact is None else exact.method}  # type: ignore[dict-item]
-
-
-def choose_phase2(n: int, n_val: int, d: int, hidden: list[int], m: int, cfg: QuantitativeConfig,
-                  device: str = "cpu") -> tuple[str, dict[str, float | str]]:
-    """Resolve ``solver="auto"`` by estimated time (``phase2_seconds``): the cheaper first-order method
-    (full-batch L-BFGS or mini-batch Adam), preceded by the exact closed form when that costs at most
-    ``RIDGE_SHARE`` of it or ``RIDGE_ALWAYS_S`` seconds. Returns the solver and the numbers behind it
-    (kept in the phase's record)."""
-    if cfg.solver != "auto":
-        return cfg.solver, {}
-    costs = phase2_seconds(n, n_val, d, hidden, m, cfg, device)
-    first_order = "lbfgs" if costs["lbfgs"] <= costs["adam"] else "adam"
-    solver = first_order
-    if costs["ridge"] <= max(RIDGE_SHARE * costs[first_order], RIDGE_ALWAYS_S):
-        solver = f"ridge+{first_order}"
-    if cfg.epochs == 0 and first_order == "adam" and math.isfinite(costs["ridge"]):
-        solver = "ridge"  # no first-order budget at all: the closed form is all there is
-    return solver, {"solver": solver, "closed_form": str(costs["ridge_method"]),
-                    **{f"estimated_{k}_s": float(v) for k, v in costs.items() if k != "ridge_method"}}
 
 
 # ------------------------------------------------------------------------------ the phase

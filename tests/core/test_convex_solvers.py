@@ -8,21 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glai_core.cg import cg_solve, unit_grams
 from glai_core.config import QuantitativeConfig
+from glai_core.cost_model import choose_phase2
 from glai_core.hooks import Cancelled, Hooks, RecordingHooks
 from glai_core.lbfgs import LbfgsSettings, lbfgs_fit
 from glai_core.metrics import GateCache, evaluate
 from glai_core.model import GLAIBlock, StructuralMLP
-from glai_core.solvers import (
-    cg_solve,
-    cholesky_solve,
-    choose_phase2,
-    normal_equations,
-    path_features,
-    quantitative_phase,
-    unit_grams,
-    warm_prior,
-)
+from glai_core.paths import path_features
+from glai_core.solvers import cholesky_solve, normal_equations, quantitative_phase, warm_prior
 from glai_core.train import DeviceSet, FitSettings, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
