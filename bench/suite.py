@@ -27,6 +27,7 @@ runs: the timings are medians of interleaved repeats, not guards against a busy 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -142,7 +143,8 @@ def run_sklearn(parts: Parts, hidden: list[int], seed: int) -> dict[str, float]:
     return out
 
 
-def run_set(table: Table, base: TrainConfig, repeats: int, device: torch.device) -> dict[str, object]:
+def run_set(table: Table, base: TrainConfig, repeats: int, device: torch.device,
+            also_adaptive: bool = False) -> dict[str, object]:
     parts = split(table, seed=base.seed)
     sets = _device_sets(parts, device)
     n, d = parts["train"][0].shape
@@ -156,6 +158,13 @@ def run_set(table: Table, base: TrainConfig, repeats: int, device: torch.device)
         for runner, runs in order if repeat % 2 == 0 else order[::-1]:
             runs.append(runner(sets, m, config, autocast))
     sk = run_sklearn(parts, config.architecture.hidden, base.seed)
+    adaptive: dict[str, object] = {}
+    if also_adaptive:  # one run, not interleaved: sized by the data, not parameter-matched
+        wide = copy.deepcopy(config)
+        wide.architecture.reduction_factor = "adaptive"
+        run = run_glai(sets, m, wide, autocast)
+        adaptive = {"adaptive": run.test_accuracy, "adaptive_s": run.seconds,
+                    "adaptive_hidden": run.extra["glai_hidden"]}
     ratios, glai_tts, mlp_tts = [], [], []
     for mlp, glai in zip(mlp_runs, glai_runs, strict=True):
         target = mlp.val_accuracy - TARGET_MARGIN
@@ -183,7 +192,7 @@ def run_set(table: Table, base: TrainConfig, repeats: int, device: torch.device)
         "phase2_s": statistics.median(float(r.extra["phase2_s"]) for r in glai_runs),  # type: ignore[arg-type]
         "mlp_epochs": mlp_runs[0].extra["epochs"], "glai_hidden": first.extra["glai_hidden"],
         "batch": config.structural.batch_size,
-        **sk, "effective": effective,
+        **sk, **adaptive, "effective": effective,
     }
 
 
@@ -209,7 +218,13 @@ def bars(results: dict[str, dict]) -> list[str]:
     faster = sum(r["glai_s"] <= r["mlp_s"] for r in values)
     tt = [r["tt_ratio"] for r in values if r["tt_ratio"] is not None]
     total = [r["mlp_s"] / r["glai_s"] for r in values]
-    return [
+    extra = []
+    if values and "adaptive" in values[0]:
+        wide = 100 * statistics.median(r["adaptive"] - r["mlp"] for r in values)
+        near = sum(r["adaptive"] >= r["logreg"] - 0.01 for r in values)
+        extra.append(f"adaptive width (not parameter-matched): median GLAI - MLP {wide:+.2f} pp, "
+                     f"within 1 pp of LogReg on {near}/{len(values)}")
+    return extra + [
         f"sets: {len(values)}",
         f"median GLAI - MLP accuracy: {100 * statistics.median(deltas):+.2f} pp (bar >= -0.30); "
         f"mean {100 * statistics.mean(deltas):+.2f} pp",
@@ -259,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a library default, e.g. quantitative.solver=lbfgs "
                              "structural.threshold=0.01")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="also train GLAI once with reduction_factor='adaptive' (not parameter-matched)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-set results here")
     args = parser.parse_args(argv)
@@ -284,12 +301,19 @@ def main(argv: list[str] | None = None) -> None:
             unavailable[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
             console.print(f"[yellow]{name}: unavailable ({unavailable[name]})")
             continue
-        results[name] = run_set(table, base, args.repeats, device)
+        results[name] = run_set(table, base, args.repeats, device, args.adaptive)
         r = results[name]
         console.print(f"{name}: GLAI {r['glai']:.4f} MLP {r['mlp']:.4f} LogReg {r['logreg']:.4f} "
                       f"S {r['structure']:.4f} | GLAI {r['glai_s']:.2f}s MLP {r['mlp_s']:.2f}s "
                       f"tt {r['tt_ratio']} ({r['solver']}, S epochs {r['structural_epochs']})")
     rows = [row(name, r) for name, r in results.items()]
+    if args.adaptive:
+        adaptive_rows = [[name, r["glai_hidden"], r["adaptive_hidden"], r["mlp"], r["glai"], r["adaptive"],
+                          f"{100 * (r['adaptive'] - r['mlp']):+.2f}", r["glai_s"], r["adaptive_s"]]
+                         for name, r in results.items()]
+        report("GLAI with reduction_factor='adaptive' (not parameter-matched)",
+               ["set", "matched widths", "adaptive widths", "MLP", "GLAI matched", "GLAI adaptive",
+                "adaptive - MLP pp", "matched s", "adaptive s"], adaptive_rows, None, args.markdown)
     caption = (f"{describe_device(device)}; {args.repeats} interleaved repeats of GLAI and the MLP "
                "(medians); "
                f"{time.perf_counter() - started:.0f} s for the suite. Accuracies on the test split.")
