@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         "GPU's memory. On CPU, setting it streams batches from the memory-mapped canonical file instead "
         "of holding a standardised copy in RAM. A job's own config value wins.")
 
+    export_onnx: bool = Field(
+        default=True, description="Export an ONNX copy of every model (<name>.onnx, checked against PyTorch "
+        "with onnxruntime on held-out rows) next to its .safetensors file.")
+
     db_pool_size: int = Field(default=10, description="Connections kept open per process (PostgreSQL).")
     db_max_overflow: int = Field(default=30, description="Extra connections under load, per process.")
     db_pool_timeout_s: float = Field(

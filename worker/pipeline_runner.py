@@ -37,13 +37,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from glai_common import jobs
 from glai_common.models import Dataset
 from glai_common.states import CANCELLED, FAILED, SUCCEEDED
+from glai_common.storage import StorageUnavailable
 from glai_core.hooks import Cancelled
+from worker.checkpoint_sync import CheckpointWorkspace
 from worker.context import WorkerContext
 from worker.datasets import DatasetInfo, load_training_data
 from worker.escalation import CancelEscalation, exit_now
-from worker.export import EXPORTING, export_result
+from worker.export import EXPORTING, export_result, heldout_rows
 from worker.failures import Failure, UserError, classify
 from worker.hooks import STOP_CANCEL, STOP_LEASE_LOST, STOP_SHUTDOWN, STOP_TIMEOUT, DatabaseHooks
+from worker.job_config import job_config
 from worker.reporter import JobReporter
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,12 @@ def _train_and_export(ctx: WorkerContext, claimed: Claimed, hooks: DatabaseHooks
     if hooks.should_stop():  # a cancel that arrived after the last step: honour it before exporting
         raise Cancelled("stopped before export")
     hooks.on_phase_start(EXPORTING)
-    artifacts = export_result(ctx, claimed.job_id, result, list(loaded.data.class_names),
-                              loaded.preprocessing)
+    class_names = list(loaded.data.class_names)
+    settings_file = job_config(claimed.job_id, claimed.dataset.id, claimed.spec, config, result.summary,
+                               class_names, claimed.time_limit_s)
+    artifacts = export_result(ctx, claimed.job_id, result, class_names, loaded.preprocessing,
+                              heldout=heldout_rows(loaded.data, config.validation_fraction, config.seed),
+                              job_config=settings_file, log=hooks.reporter.log)
     hooks.on_phase_end(EXPORTING, {"artifacts": float(len(artifacts))})
     return dict(result.summary)
 
@@ -136,13 +143,20 @@ def execute_job(ctx: WorkerContext, job_id: str, shutdown: threading.Event | Non
         return "skipped"
     settings = ctx.settings
     reporter = JobReporter(ctx, job_id, worker_id)
+    # Where training checkpoints: the stored directory, or a local one mirrored to object storage.
+    workspace = CheckpointWorkspace(ctx.storage, job_id, settings.resolved_staging_dir / "work")
     escalation = CancelEscalation(settings.cancel_grace_s, settings.cancel_force_s,
-                                  lambda reason: _record_cancelled(ctx, job_id, worker_id, reason),
+                                  lambda reason: _record_cancelled(ctx, job_id, worker_id, reason, workspace),
                                   exit_process)
     reporter.escalation = escalation
     reporter.start()
-    checkpoints = ctx.storage.local_path(f"jobs/{job_id}/checkpoints")
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    try:
+        checkpoints = workspace.open()
+    except StorageUnavailable as exc:
+        reporter.stop()
+        reporter.log(f"object storage unavailable at startup: {exc}; handing the job back")
+        workspace.close(push=False)
+        return _hand_back(ctx, job_id, worker_id, reporter, exc)
     remaining = claimed.time_limit_s - claimed.elapsed_s
     hooks = DatabaseHooks(reporter, checkpoints, time.monotonic() + remaining, shutdown,
                           settings.checkpoint_interval_s)
@@ -164,13 +178,17 @@ def execute_job(ctx: WorkerContext, job_id: str, shutdown: threading.Event | Non
         failure = _stopped(hooks, claimed, checkpoints)
     except (KeyboardInterrupt, SystemExit):
         reporter.stop()
+        workspace.close()
         with ctx.session() as session:  # the worker is going down: let the reaper hand the job on now
             jobs.release(session, job_id, worker_id)
         raise
-    except DB_UNAVAILABLE as exc:
-        # The database went away under the training thread (data loading, export): not the job's fault.
+    except (*DB_UNAVAILABLE, StorageUnavailable) as exc:
+        # The database or the object store went away under the training thread (data loading, export):
+        # not the job's fault.
         reporter.stop()
-        reporter.log(f"database unavailable during {hooks.current_phase or 'startup'}: "
+        workspace.close()
+        what = "object storage" if isinstance(exc, StorageUnavailable) else "database"
+        reporter.log(f"{what} unavailable during {hooks.current_phase or 'startup'}: "
                      f"{type(exc).__name__}; handing the job back")
         return _hand_back(ctx, job_id, worker_id, reporter, exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a final state with a kind
@@ -182,15 +200,21 @@ def execute_job(ctx: WorkerContext, job_id: str, shutdown: threading.Event | Non
         reporter.stop()
     if failure is not None and failure.kind == "timeout":
         summary = partial_summary(hooks, checkpoints, claimed)
+    # Before the final state: the next attempt (or a resume) must find the last checkpoints. A succeeded
+    # job's are removed anyway.
+    workspace.close(push=not (failure is None and summary is not None))
     return _finish_retrying(ctx, job_id, worker_id, summary, failure, hooks)
 
 
-def _record_cancelled(ctx: WorkerContext, job_id: str, worker_id: str, reason: str) -> bool:
+def _record_cancelled(ctx: WorkerContext, job_id: str, worker_id: str, reason: str,
+                      workspace: CheckpointWorkspace | None = None) -> bool:
     """The forced cancel (escalation step 2): recorded by the reporter, checkpoints removed as for any
     cancelled job; the process exits right after."""
     with ctx.session() as session:
         recorded = jobs.finish(session, job_id, worker_id, CANCELLED, reason=reason)
     if recorded:
+        if workspace is not None:
+            workspace.close(push=False)  # no upload may bring them back after the removal
         _remove_checkpoints(ctx, job_id)
     return recorded
 

@@ -20,6 +20,7 @@ from glai_common.migrate import upgrade
 from glai_common.models import Artifact, CurvePoint, JobLogLine, JobTransition
 from glai_common.storage import sha256_file
 from glai_core.artifacts import load_model
+from tests.worker.export_checks import check_config_file, check_onnx_copy
 from tests.worker.harness import (
     Backend,
     WorkerProcess,
@@ -174,11 +175,18 @@ def test_worker_runs_a_job_to_success(backend: Backend, deploy: Callable[[Backen
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         phases = list(session.scalars(select(JobTransition.to_value).where(
             JobTransition.job_id == job_id, JobTransition.field == "phase").order_by(JobTransition.id)))
-    assert set(artifacts) == {"trained", "pruned-50", "baseline"}
+    models = {"trained", "pruned-50", "baseline"}
+    assert set(artifacts) == models | {f"{name}.onnx" for name in models} | {"config.json"}
     for artifact in artifacts.values():
         path = dep.storage_dir / artifact.storage_key
-        assert artifact.storage_key == f"jobs/{job_id}/{artifact.name}.safetensors"
+        suffix = "" if "." in artifact.name else ".safetensors"
+        assert artifact.storage_key == f"jobs/{job_id}/{artifact.name}{suffix}"
         assert sha256_file(path) == artifact.sha256 and path.stat().st_size == artifact.size_bytes
+    dataset = dep.storage_dir / f"datasets/{job.dataset_id}"
+    for name in models:  # each ONNX copy predicts what its model predicts, on rows it never trained on
+        check_onnx_copy(dep.storage_dir, artifacts[name], artifacts[f"{name}.onnx"], dataset,
+                        validation_fraction=0.2, seed=0)
+    check_config_file(dep.storage_dir / artifacts["config.json"].storage_key, job.summary, tiny_config())
     _, metadata = load_model(dep.storage_dir / artifacts["trained"].storage_key)
     assert metadata["architecture"]["kind"] == "glai" and len(metadata["class_names"]) == 10
     assert phases == ["structural", "quantitative", "pruning", "baseline", "exporting"]
