@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.admission import AdmissionLimit
 from api.auth_limit import FailedAuthLimiter
 from api.deps import Services
+from api.docs import install_docs
 from api.errors import error_body, install_error_handlers
 from api.openapi import install_openapi
 from api.query import known_query
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         engine.dispose()
 
     app = FastAPI(title="GLAI training service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # api.docs serves both without a CDN
                   openapi_tags=[
                       {"name": "datasets", "description": "Upload and manage training data."},
                       {"name": "jobs", "description": "Submit, watch, cancel and delete training jobs."},
@@ -149,6 +151,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.include_router(health.router)
     _mount_dashboard(app)
     install_openapi(app)
+    install_docs(app)
     return app
 
 
