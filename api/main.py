@@ -21,9 +21,11 @@ from api.auth_limit import FailedAuthLimiter
 from api.deps import Services
 from api.docs import install_docs
 from api.errors import error_body, install_error_handlers
+from api.metrics import RequestTimer, RouteTemplates, make_registry
+from api.metrics import router as metrics_router
 from api.openapi import install_openapi
 from api.query import known_query
-from api.routes import datasets, health, jobs, results
+from api.routes import datasets, health, jobs, results, webhooks
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
 from glai_common.storage import LocalStorage
@@ -106,21 +108,25 @@ def _is_upload(scope: Scope) -> bool:
 
 
 def default_enqueue(job_id: str) -> None:
+    """The plain pool and normal priority; ``create_app`` routes each job by its row instead."""
     from glai_common.queue import enqueue_job
 
     enqueue_job(job_id)
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
-    """Build the app. ``enqueue`` defaults to ``glai_common.queue.enqueue_job`` (global settings' broker)."""
+    """Build the app. ``enqueue`` defaults to ``glai_common.queue.enqueue_job`` (global settings' broker),
+    sending each job to its pool and priority (``routed_enqueue``)."""
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url, settings)
     from sqlalchemy.orm import sessionmaker
 
-    services = Services(settings=settings, engine=engine,
-                        sessions=sessionmaker(bind=engine, expire_on_commit=False),
+    from glai_common.queue import routed_enqueue
+
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    services = Services(settings=settings, engine=engine, sessions=sessions,
                         storage=LocalStorage(settings.resolved_storage_dir),
-                        enqueue=enqueue or default_enqueue,
+                        enqueue=enqueue or routed_enqueue(sessions),
                         auth_failures=FailedAuthLimiter(settings.auth_failure_limit,
                                                         settings.auth_failure_window_s))
 
@@ -140,15 +146,21 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                       {"name": "datasets", "description": "Upload and manage training data."},
                       {"name": "jobs", "description": "Submit, watch, cancel and delete training jobs."},
                       {"name": "results", "description": "Curves, logs and exported models of a job."},
+                      {"name": "webhooks", "description": "The key job notifications are signed with."},
                       {"name": "health", "description": "Probes for orchestrators."}])
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestGuard, limit=settings.max_request_bytes, exempt=_is_upload)
     app.add_middleware(AdmissionLimit, limit=settings.db_pool_size + settings.db_max_overflow,
                        wait_s=settings.api_queue_timeout_s)
-    for module in (datasets, jobs, results):  # every /v1 operation refuses query parameters it lacks
+    registry, latency = make_registry(sessions, settings)
+    app.state.metrics_registry = registry
+    # outermost: admission waits count as latency
+    app.add_middleware(RequestTimer, histogram=latency, templates=RouteTemplates(app))
+    for module in (datasets, jobs, results, webhooks):  # every /v1 operation refuses unknown query parameters
         app.include_router(module.router, prefix=f"/{API_VERSION}", dependencies=[Depends(known_query)])
     app.include_router(health.router)
+    app.include_router(metrics_router)
     _mount_dashboard(app)
     install_openapi(app)
     install_docs(app)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from api.schemas import ArtifactOut, DatasetCreated, DatasetOut, JobBrief, JobLinks, JobOut, TransitionOut
+from api.schemas import (
+    ArtifactOut,
+    DatasetCreated,
+    DatasetOut,
+    JobBrief,
+    JobLinks,
+    JobOut,
+    NotifyOut,
+    TransitionOut,
+    WebhookDeliveryOut,
+)
 from glai_common.models import Dataset, Job
 
 API_PREFIX = "/v1"
@@ -21,7 +31,9 @@ def dataset_created(row: Dataset, duplicates: list[str]) -> DatasetCreated:
 
 
 def job_brief(job: Job) -> JobBrief:
-    return JobBrief.model_validate(job, from_attributes=True)
+    brief = JobBrief.model_validate(job, from_attributes=True)
+    brief.notify = NotifyOut(webhook_url=job.webhook_url) if job.webhook_url else None
+    return brief
 
 
 def job_out(job: Job) -> JobOut:
@@ -34,6 +46,7 @@ def job_out(job: Job) -> JobOut:
         artifacts=[ArtifactOut(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, meta=a.meta or {},
                                created_at=a.created_at, url=f"{base}/artifacts/{a.name}")
                    for a in job.artifacts],
+        webhook_deliveries=[WebhookDeliveryOut.model_validate(d) for d in job.deliveries],
         links=JobLinks(self=base, curves=f"{base}/curves", logs=f"{base}/logs",
                        artifacts=f"{base}/artifacts", cancel=f"{base}/cancel"),
     )

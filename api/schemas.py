@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from glai_common.settings import QUEUE_NAME
+from glai_common.webhook_urls import MAX_URL_LENGTH
+from glai_common.webhook_urls import parse as parse_webhook_url
 from glai_core.config import (
     ArchitectureConfig,
     BaselineConfig,
@@ -301,6 +304,24 @@ class BaselineIn(In):
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # names and tags: any text but control characters
 
 
+class NotifyIn(In):
+    """Tell a URL of yours when the job ends."""
+
+    webhook_url: str = Field(
+        min_length=1, max_length=MAX_URL_LENGTH,
+        description="Called with a signed POST when the job succeeds, fails or is cancelled (header "
+        "`GLAI-Signature`, key from `GET /v1/webhooks/secret`). http or https only, no credentials in the "
+        "URL; a host that is or resolves to a loopback, private or otherwise non-public address is refused "
+        "unless the operator allows it (GLAI_WEBHOOK_ALLOW_PRIVATE).",
+        examples=["https://hooks.example.com/glai"])
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parse_webhook_url(url)  # its WebhookUrlError is a ValueError: a 422 naming notify.webhook_url
+        return url
+
+
 class JobCreate(In):
     """A training request. Everything but `dataset_id` is optional; defaults come from glai_core."""
 
@@ -336,6 +357,16 @@ class JobCreate(In):
     time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Wall-clock limit in seconds; the job "
                                      "fails with kind `timeout` past it. Default: "
                                      "GLAI_DEFAULT_JOB_TIME_LIMIT_S; at most GLAI_MAX_JOB_TIME_LIMIT_S.")
+
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="Within its queue, a waiting `high` job is started before any `normal` one, "
+                              "and `normal` before `low`. A running job is never interrupted for another.")
+    queue: str | None = Field(
+        None, min_length=1, max_length=63, pattern=QUEUE_NAME.pattern,
+        description="The worker pool to run on, one of the deployment's GLAI_QUEUES (e.g. `gpu-a100`, "
+                    "`cpu`); only workers started for it (`glai worker --queues`) take the job. Default: "
+                    "the first of GLAI_QUEUES.", examples=["cpu"])
+    notify: NotifyIn | None = Field(None, description="Webhook for the job's final state; none by default.")
 
     @field_validator("tags")
     @classmethod
@@ -375,6 +406,37 @@ class ArtifactOut(Out):
                      examples=["/v1/jobs/4f1c.../artifacts/trained"])
 
 
+class NotifyOut(BaseModel):
+    webhook_url: str = Field(description="Called with a signed POST on the job's final state.")
+
+
+class WebhookDeliveryOut(Out):
+    """One notification of a final state and how sending it went (retried with backoff until delivered
+    or out of attempts)."""
+
+    id: str = Field(description="Delivery id, also sent as the `GLAI-Delivery` header (the same on every "
+                                "attempt: drop repeats by it).")
+    event: str = Field(description="`job.succeeded`, `job.failed` or `job.cancelled`.")
+    url: str = Field(description="Where it is sent.")
+    state: str = Field(description="`pending` (being sent or waiting for a retry), `delivered` or `failed` "
+                                   "(no attempts left).")
+    attempts: int = Field(description="Attempts made so far.")
+    next_attempt_at: datetime | None = Field(description="While pending: when the next attempt is due (UTC).")
+    last_attempt_at: datetime | None = Field(description="When the last attempt started (UTC).")
+    last_status_code: int | None = Field(description="HTTP status of the last answer, if one came.")
+    last_error: str | None = Field(description="Why the last attempt failed, if it did.")
+    created_at: datetime = Field(description="When the job reached the state it reports (UTC).")
+    delivered_at: datetime | None = Field(description="When a receiver accepted it with a 2xx (UTC).")
+
+
+class WebhookSecretOut(Out):
+    """The key your webhook bodies are signed with."""
+
+    secret: str = Field(description="HMAC-SHA256 key. `GLAI-Signature: t=<unix time>,v1=<hex>` where hex is "
+                                    "HMAC-SHA256(secret, `<t>.` + raw body); refuse a stale `t`.")
+    created_at: datetime = Field(description="When this secret was made (UTC).")
+
+
 class JobLinks(BaseModel):
     self: str = Field(description="This job.")
     curves: str = Field(description="Metric curves.")
@@ -390,6 +452,9 @@ class JobBrief(Out):
     dataset_id: str = Field(description="The dataset it trains on.")
     name: str | None = Field(None, description="The label given at submission, if any.")
     tags: list[str] = Field(default_factory=list, description="The tags given at submission.")
+    queue: str = Field("glai", description="The worker pool it runs on.")
+    priority: str = Field("normal", description="`high`, `normal` or `low` within its queue.")
+    notify: NotifyOut | None = Field(None, description="The webhook given at submission, if any.")
     state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
     phase: str | None = Field(description="While running: embedding, structural, quantitative, pruning, "
                               "baseline or exporting.")
@@ -415,6 +480,8 @@ class JobOut(JobBrief):
                                  "`backbone`, `validation_fraction`.")
     transitions: list[TransitionOut] = Field(description="Every state and phase change, oldest first.")
     artifacts: list[ArtifactOut] = Field(description="Exported models.")
+    webhook_deliveries: list[WebhookDeliveryOut] = Field(
+        default_factory=list, description="Notifications of its final states (with `notify`), oldest first.")
     links: JobLinks = Field(description="Related endpoints, relative to the API root.")
 
 

@@ -58,6 +58,25 @@ def serve(
     raise typer.Exit(code)
 
 
+@app.command("worker")
+def worker_command(
+    queues: Annotated[str | None, typer.Option(
+        help="Comma-separated worker pools to serve, each one of GLAI_QUEUES (default: the first of them). "
+             "Within them high-priority jobs are taken first, then normal, then low.")] = None,
+    cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is visible.")] = False,
+    name: Annotated[str | None, typer.Option(help="Node name (default glai-<pid>@<host>).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run one training worker (one job at a time) against GLAI_DATABASE_URL and GLAI_BROKER_URL."""
+    from glai_client import worker_cmd
+
+    options = worker_cmd.WorkerOptions(queues=queues, cpu=cpu, name=name, log_level=log_level)
+    try:
+        worker_cmd.run(options)
+    except worker_cmd.WorkerOptionError as exc:
+        raise _bad_input(exc) from None
+
+
 # ------------------------------------------------------------------ jobs
 
 @app.command()

@@ -201,9 +201,13 @@ class _Worker:
         self.restart_at: float | None = None
 
     def start(self) -> None:
+        from glai_common.queue import consumed_routes
+        from glai_common.settings import Settings
+
+        routes = ",".join(consumed_routes(Settings().queues))  # one machine: every pool, high first
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-             "-Q", "glai", "--loglevel", self.log_level.upper(), "-n", f"glai-{os.getpid()}@%h"],
+             "-Q", routes, "--loglevel", self.log_level.upper(), "-n", f"glai-{os.getpid()}@%h"],
             env=self.env)
         self.started_at = time.monotonic()
         self.restart_at = None

@@ -80,6 +80,10 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     name: Mapped[str | None] = mapped_column(String(256), default=None)  # the owner's label, not unique
     tags: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
+    # Routing (glai_common.queue): the worker pool and the priority within it.
+    queue: Mapped[str] = mapped_column(String(64), default="glai", server_default="glai")
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)  # POSTed on every final state
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     phase: Mapped[str | None] = mapped_column(String(16), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -102,6 +106,8 @@ class Job(Base):
         back_populates="job", order_by="JobTransition.id", cascade="all, delete-orphan")
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.name", cascade="all, delete-orphan")
+    deliveries: Mapped[list[WebhookDelivery]] = relationship(
+        order_by="WebhookDelivery.created_at", cascade="all, delete-orphan", passive_deletes=True)
 
 
 class JobTransition(Base):
@@ -187,3 +193,61 @@ class FeatureCache(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     n_features: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookSecret(Base):
+    """The key an owner's webhook bodies are signed with (HMAC-SHA256). Kept in clear: signing needs it."""
+
+    __tablename__ = "webhook_secrets"
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One notification of a job's final state: a row, so it outlives the process that wrote it.
+
+    Created in the transaction that makes the job final; any worker's deliverer sends it
+    (``worker.webhooks``), retrying with backoff until ``delivered`` or ``failed``. ``payload`` is the
+    exact body, sent unchanged on every attempt; a claimed attempt holds ``lease_expires_at`` so two
+    workers never send it at once."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DurationStat(Base):
+    """One bucket of a duration histogram shared by every process (``glai_common.metrics_store``): how
+    many observations of ``metric`` / ``label`` fell in ``bucket``, and their sum. Counts only grow."""
+
+    __tablename__ = "duration_stats"
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)  # job | phase
+    label: Mapped[str] = mapped_column(String(32), primary_key=True)  # final state | phase name
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # index into DURATION_BUCKETS
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    sum_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class WorkerHeartbeat(Base):
+    """A worker process that is alive: written by its reaper on every pass (busy or idle)."""
+
+    __tablename__ = "worker_heartbeats"
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name
+    queues: Mapped[str] = mapped_column(Text, default="")  # the pools it serves, comma-separated
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

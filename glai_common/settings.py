@@ -7,13 +7,24 @@ SQLAlchemy transport over SQLite as the broker. Production sets ``GLAI_DATABASE_
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DECOMPRESSION_FACTOR = 4  # uint8 pixels become float32 features: 4x is what an honest upload may need
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # no dots: glai_common.queue adds .high / .low
+
+
+def queue_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a worker pool, or None when it can."""
+    if not isinstance(name, str) or not QUEUE_NAME.match(name):
+        return ("queue names are 1-63 lowercase letters, digits, '-' or '_', starting with a letter or "
+                f"digit (got {name!r:.70})")
+    return None
 
 
 class Settings(BaseSettings):
@@ -93,6 +104,43 @@ class Settings(BaseSettings):
                                    "itself and exits its process (its supervisor restarts it). 0 disables.")
     worker_health_file: Path | None = Field(
         default=None, description="Touched after each reaper pass of a worker; healthchecks read its age.")
+
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["glai"], min_length=1,
+        description="Worker pools a job may name in `queue` (comma-separated in the environment); the first "
+        "is the default. A worker serves some of them (`glai worker --queues`).")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs whose host is (or resolves to) a loopback, private, "
+        "link-local or otherwise non-public address; refused by default (a job must not make the service "
+        "call into its own network).")
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a webhook receiver has to answer one delivery attempt.")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts per webhook delivery before it is recorded as failed.")
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, description="Wait before the second attempt of a delivery; it doubles after "
+        "each failure, up to webhook_retry_max_s.")
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two attempts of a delivery.")
+    webhook_poll_interval_s: float = Field(
+        default=2.0, gt=0, description="How often each worker looks for webhook deliveries that are due.")
+    metrics_token: str | None = Field(
+        default=None, description="When set, GET /metrics requires `Authorization: Bearer <token>`; unset, "
+        "it is open like /healthz (it holds counts only: no ids, names or owners).")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_list(cls, value: Any) -> Any:
+        """``GLAI_QUEUES=gpu-a100,cpu``: a comma-separated list; names are checked by ``queue_name``."""
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            for name in value:
+                problem = queue_name_problem(name)
+                if problem:
+                    raise ValueError(problem)
+            return list(dict.fromkeys(value))
+        return value
 
     @property
     def resolved_max_decompressed_bytes(self) -> int:

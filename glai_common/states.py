@@ -5,7 +5,7 @@ Every change is recorded as a ``JobTransition`` row (time, from, to, reason).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,14 @@ def transition(session: Session, job: Job, target: str, reason: str = "",
     if target == FAILED:
         job.failure_kind = failure_kind or "internal"
         job.failure_message = reason
+    if target in FINAL_STATES:  # in this same transaction: a final state never goes unannounced
+        from glai_common import metrics_store
+        from glai_common.webhooks import record_final
+
+        record_final(session, job)
+        if job.started_at is not None:  # it ran: from its first start to now
+            started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+            metrics_store.observe(session, metrics_store.JOB, target, (now - started).total_seconds())
 
 
 def set_phase(session: Session, job: Job, phase: str, reason: str = "") -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, bindparam, create_engine, inspect, select, text
 
 from glai_common.models import Job
-from glai_common.queue import QUEUE, TASK_RUN_JOB, celery_config
+from glai_common.queue import TASK_RUN_JOB, celery_config, consumed_routes
 from glai_common.settings import Settings
 from glai_common.states import FINAL_STATES
 
@@ -71,6 +71,7 @@ class RedisMessages:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.resolved_broker_url
         self.options = dict(celery_config(settings)["broker_transport_options"])  # type: ignore[call-overload]
+        self.queues = consumed_routes(settings.queues)  # every pool's high, normal and low list
 
     def discard(self, ctx: WorkerContext) -> int:
         from kombu import Connection
@@ -80,17 +81,18 @@ class RedisMessages:
             with channel.conn_or_acquire() as client:
                 held = client.hgetall(channel.unacked_key)
                 unacked = {tag: job_of(_json(raw)) for tag, raw in held.items()}
-                waiting = [(raw, job_of(_json(raw))) for raw in client.lrange(QUEUE, 0, SCAN_LIMIT - 1)]
-                done = finished_jobs(ctx, [j for j in [*unacked.values(), *(j for _, j in waiting)] if j])
+                waiting = [(queue, raw, job_of(_json(raw))) for queue in self.queues
+                           for raw in client.lrange(queue, 0, SCAN_LIMIT - 1)]
+                done = finished_jobs(ctx, [j for j in [*unacked.values(), *(j for _, _, j in waiting)] if j])
                 tags = [tag for tag, job_id in unacked.items() if job_id in done]
-                raws = [raw for raw, job_id in waiting if job_id in done]
+                raws = [(queue, raw) for queue, raw, job_id in waiting if job_id in done]
                 if not tags and not raws:
                     return 0
                 pipe = client.pipeline()
                 for tag in tags:
                     pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
-                for raw in raws:
-                    pipe.lrem(QUEUE, 1, raw)
+                for queue, raw in raws:
+                    pipe.lrem(queue, 1, raw)
                 pipe.execute()
         return len(tags) + len(raws)
 

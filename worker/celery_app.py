@@ -23,7 +23,9 @@ from celery import signals
 
 from glai_common.queue import QUEUE, make_celery
 from glai_common.settings import get_settings
+from worker import priority_transport
 
+priority_transport.install()  # the embedded SQL broker reads the queues high first, like Redis
 app = make_celery("glai-worker")
 app.conf.update(
     include=["worker.tasks"],
@@ -38,16 +40,29 @@ app.conf.update(
 
 log = logging.getLogger(__name__)
 _reaper: Any = None
+_deliverer: Any = None
+
+
+def _identity(consumer: Any) -> tuple[str, list[str]]:
+    """The node name and the pools this worker consumes (``-Q glai.high,glai,glai.low`` -> ``glai``)."""
+    names = [queue.name for queue in getattr(getattr(consumer, "task_consumer", None), "queues", None) or []]
+    pools = [name.rsplit(".", 1)[0] if name.endswith((".high", ".low")) else name for name in names]
+    return str(getattr(consumer, "hostname", None) or "unknown"), list(dict.fromkeys(pools))
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper, _deliverer
     from worker.context import WorkerContext
     from worker.reaper import Reaper
+    from worker.webhooks import Deliverer
 
-    _reaper = Reaper(WorkerContext.from_settings(get_settings())).start()
-    log.info("lease reaper started (every %.1f s)", _reaper.interval_s)
+    identity = _identity(sender)
+    _reaper = Reaper(WorkerContext.from_settings(get_settings()), identity=identity).start()
+    log.info("lease reaper started (every %.1f s) for %s on %s", _reaper.interval_s, identity[0],
+             ",".join(identity[1]))
+    _deliverer = Deliverer(_reaper.ctx).start()
+    log.info("webhook deliverer started (every %.1f s)", _deliverer.interval_s)
 
 
 @signals.worker_shutting_down.connect
@@ -57,6 +72,8 @@ def _on_shutdown(**_: Any) -> None:
     shutdown_requested.set()
     if _reaper is not None:
         _reaper.stop(timeout=1.0)
+    if _deliverer is not None:
+        _deliverer.stop(timeout=1.0)
 
 
 @signals.worker_process_init.connect

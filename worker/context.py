@@ -20,19 +20,22 @@ from glai_common.storage import LocalStorage
 
 
 def broker_queue_depth(settings: Settings, timeout_s: float = 2.0) -> int | None:
-    """How many messages wait in the job queue (not counting ones a worker holds unacked).
+    """How many messages wait in the job queues of every pool and priority (not counting ones a worker
+    holds unacked).
 
     Used by the reaper to tell a lost message from a merely long queue; any error means "unknown"."""
     from kombu import Connection
 
-    from glai_common.queue import QUEUE, celery_config
+    from glai_common.queue import celery_config, consumed_routes
 
     options = celery_config(settings)["broker_transport_options"]
     try:
         with Connection(settings.resolved_broker_url, connect_timeout=timeout_s,
                         transport_options=dict(options)) as conn:  # type: ignore[call-overload]
             conn.ensure_connection(max_retries=1, timeout=timeout_s)
-            return int(conn.default_channel.queue_declare(queue=QUEUE, passive=False).message_count)
+            channel = conn.default_channel
+            return sum(int(channel.queue_declare(queue=name, passive=False).message_count)
+                       for name in consumed_routes(settings.queues))
     except Exception:  # noqa: BLE001 - unknown is a valid answer
         return None
 
@@ -56,15 +59,16 @@ class WorkerContext:
     def from_settings(cls, settings: Settings, enqueue: Callable[[str], None] | None = None,
                       queue_depth: Callable[[], int | None] | None = None) -> WorkerContext:
         discard = None
-        if enqueue is None:  # the real broker: also clean up after it
-            from glai_common.queue import enqueue_job
+        engine = make_engine(settings.resolved_database_url, settings)
+        if enqueue is None:  # the real broker: each job to its own pool and priority; clean up after it
+            from glai_common.queue import routed_enqueue
             from worker.broker_cleanup import message_sweeper
 
-            enqueue = enqueue_job
+            enqueue = routed_enqueue(sessionmaker(bind=engine, expire_on_commit=False))
             discard = message_sweeper(settings)
             if queue_depth is None:
                 queue_depth = partial(broker_queue_depth, settings)
-        return cls(settings=settings, engine=make_engine(settings.resolved_database_url, settings),
+        return cls(settings=settings, engine=engine,
                    storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
                    queue_depth=queue_depth or (lambda: None), discard_messages=discard)
 

@@ -41,9 +41,11 @@ class DatabaseHooks(Hooks):
         # What this attempt saw, for a partial summary when it has to stop early (e.g. a timeout).
         self.phase_summaries: dict[str, dict[str, Any]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self._phase_started: dict[str, float] = {}  # monotonic start of each phase, for its duration
 
     def on_phase_start(self, phase: str) -> None:
         self.current_phase = phase
+        self._phase_started[phase] = time.monotonic()
         self.reporter.phase(phase)
         self.reporter.log(f"[{phase}] started")
 
@@ -60,6 +62,9 @@ class DatabaseHooks(Hooks):
                            for name, value in summary.items())
         self.reporter.log(f"[{phase}] done {details}".rstrip())
         self.phase_summaries[phase] = dict(summary)
+        started = self._phase_started.pop(phase, None)
+        if started is not None:
+            self.reporter.phase_duration(phase, time.monotonic() - started)
         try:
             self.reporter.flush()
         except Exception:  # noqa: BLE001 - the database is away: the batch stays buffered for the thread

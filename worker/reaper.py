@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from glai_common import jobs
+from glai_common import jobs, metrics_store
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,17 @@ def reaper_interval(lease_s: float, configured: float | None = None) -> float:
     return min(30.0, max(1.0, lease_s / 2))
 
 
+def report_alive(ctx: WorkerContext, worker: str, pools: list[str]) -> None:
+    """This worker's heartbeat row (the API's /metrics lists live workers per pool)."""
+    with ctx.session() as session:
+        metrics_store.beat(session, worker, pools)
+
+
 class Reaper:
-    def __init__(self, ctx: WorkerContext, interval_s: float | None = None) -> None:
+    def __init__(self, ctx: WorkerContext, interval_s: float | None = None,
+                 identity: tuple[str, list[str]] | None = None) -> None:
         self.ctx = ctx
+        self.identity = identity  # (node name, pools served): reported alive on every pass
         self.interval_s = interval_s or reaper_interval(ctx.settings.worker_lease_s,
                                                         ctx.settings.reaper_interval_s)
         self._stop = threading.Event()
@@ -132,5 +140,10 @@ class Reaper:
                 discard_final_messages(self.ctx)
             except Exception:  # noqa: BLE001 - the messages stay until the next round
                 log.exception("discarding the broker messages of finished jobs failed")
+            if self.identity is not None:
+                try:
+                    report_alive(self.ctx, *self.identity)
+                except Exception:  # noqa: BLE001 - the heartbeat row is refreshed next round
+                    log.exception("recording this worker's heartbeat failed")
             if self._stop.wait(self.interval_s):
                 return

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from glai_common import jobs
+from glai_common import jobs, metrics_store
 from worker.context import WorkerContext
 from worker.escalation import CancelEscalation
 
@@ -32,9 +32,10 @@ class _Pending:
     points: list[jobs.Point] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     progress: tuple[float, int | None] | None = None
+    durations: list[tuple[str, float]] = field(default_factory=list)  # finished phases, for /metrics
 
     def empty(self) -> bool:
-        return not (self.phases or self.points or self.lines or self.progress)
+        return not (self.phases or self.points or self.lines or self.progress or self.durations)
 
 
 class JobReporter:
@@ -75,6 +76,10 @@ class JobReporter:
     def log(self, line: str) -> None:
         with self._buffer_lock:
             self._pending.lines.append(line)
+
+    def phase_duration(self, phase: str, seconds: float) -> None:
+        with self._buffer_lock:
+            self._pending.durations.append((phase, seconds))
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class JobReporter:
             pending.phases.extend(newer.phases)
             pending.points.extend(newer.points)
             pending.lines.extend(newer.lines)
+            pending.durations.extend(newer.durations)
             if newer.progress is not None or newer.phases:
                 pending.progress = newer.progress
             self._pending = pending
@@ -158,6 +164,8 @@ class JobReporter:
                     jobs.append_curve_points(session, self.job_id, pending.points)
                     if pending.lines:
                         jobs.append_log(session, self.job_id, "\n".join(pending.lines))
+                    for phase, seconds in pending.durations:
+                        metrics_store.observe(session, metrics_store.PHASE, phase, seconds)
                     if beat:
                         fraction, epoch = pending.progress or (None, None)
                         result = jobs.heartbeat(session, self.job_id, self.worker_id, lease_s=self.lease_s,

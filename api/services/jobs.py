@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import JobCreate
-from api.services import datasets, limits
+from api.services import datasets, limits, routing
 from api.services.pagination import as_utc, page, split_page
 from glai_common import jobs as job_repo
+from glai_common import webhooks
 from glai_common.models import Dataset, IdempotencyKey, Job, JobTransition, new_id
 from glai_common.settings import Settings
 from glai_common.states import FAILED, FINAL_STATES, QUEUED, STATES, transition
@@ -59,14 +60,17 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
 
 
 def request_hash(dataset_id: str, spec: dict[str, Any], time_limit_s: int, name: str | None = None,
-                 tags: list[str] | None = None) -> str:
-    """Hash of the request's meaning (defaults filled in), so `{}` and the explicit defaults agree. A name
-    and tags count only when given: keys stored before jobs had them still replay."""
+                 tags: list[str] | None = None, routing: dict[str, Any] | None = None) -> str:
+    """Hash of the request's meaning (defaults filled in), so `{}` and the explicit defaults agree. A name,
+    tags and routing (queue, priority, webhook) count only when given: keys stored before jobs had them
+    still replay."""
     doc: dict[str, Any] = {"dataset_id": dataset_id, "spec": spec, "time_limit_s": time_limit_s}
     if name is not None:
         doc["name"] = name
     if tags:
         doc["tags"] = tags
+    if routing:
+        doc["routing"] = routing
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -94,7 +98,7 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
            idempotency_key: str | None) -> tuple[Job, bool]:
     """Store the job (queued) and return (job, created). A replayed key returns the original job."""
     spec, time_limit_s = build_spec(body, settings)
-    digest = request_hash(body.dataset_id, spec, time_limit_s, body.name, body.tags)
+    digest = request_hash(body.dataset_id, spec, time_limit_s, body.name, body.tags, _routing(body))
     if idempotency_key and (job := _replay(db, owner, idempotency_key, digest)) is not None:
         return job, False
 
@@ -103,8 +107,13 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
     dataset = datasets.get_owned(db, owner, body.dataset_id, "dataset_id")
     datasets.check_backbone(dataset, body.backbone)
     check_limits(spec, time_limit_s, dataset, settings)
+    queue = routing.queue_of(body, settings)
+    webhook_url = routing.webhook_url_of(body, settings)
+    if webhook_url is not None:
+        webhooks.secret_for(db, owner)  # the signing key exists before any delivery needs it
     job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, name=body.name, tags=list(body.tags),
-              state=QUEUED, spec=spec, time_limit_s=time_limit_s)
+              state=QUEUED, spec=spec, time_limit_s=time_limit_s, queue=queue, priority=body.priority,
+              webhook_url=webhook_url)
     db.add(job)
     db.add(JobTransition(job_id=job.id, field="state", from_value=None, to_value=QUEUED, reason="submitted"))
     if idempotency_key:
@@ -118,6 +127,18 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
             return job, False
         raise
     return job, True
+
+
+def _routing(body: JobCreate) -> dict[str, Any]:
+    """The routing fields that were given (not left at their defaults), for the idempotency hash."""
+    given: dict[str, Any] = {}
+    if body.queue is not None:
+        given["queue"] = body.queue
+    if body.priority != "normal":
+        given["priority"] = body.priority
+    if body.notify is not None:
+        given["webhook_url"] = body.notify.webhook_url
+    return given
 
 
 def enqueue_or_fail(db: Session, enqueue: Callable[[str], None], job: Job) -> None:
