@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DECOMPRESSION_FACTOR = 4  # uint8 pixels become float32 features: 4x is what an honest upload may need
@@ -34,6 +34,31 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker; default SQLite in data_dir.")
     storage_dir: Path | None = Field(default=None, description="Artifact root; default data_dir/storage.")
+    storage_url: str | None = Field(
+        default=None, description="Shared object storage for datasets, features, checkpoints and models: "
+        "s3://bucket/prefix (any S3-compatible endpoint, through boto3). Unset: LocalStorage in storage_dir, "
+        "which every process must see on one file system.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, moto, another provider); unset: boto3's own "
+        "(AWS_ENDPOINT_URL or AWS).")
+    s3_region: str | None = Field(default=None, description="S3 region; unset: boto3's (AWS_REGION, ...).")
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; unset: boto3's credential chain (AWS_ACCESS_KEY_ID, "
+        "~/.aws, an instance role).")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key (with the id).")
+    s3_addressing_style: Literal["auto", "path", "virtual"] | None = Field(
+        default=None, description="Bucket in the path or in the host name; unset: path when "
+        "s3_endpoint_url is set (MinIO, moto), else boto3's choice.")
+    s3_multipart_chunk_bytes: int = Field(
+        default=16 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3, description="Files larger than this are "
+        "uploaded in parts of this size (S3's minimum part is 5 MiB), streamed from disk.")
+    staging_dir: Path | None = Field(
+        default=None, description="A worker's local copies of stored datasets and features (with "
+        "storage_url): default data_dir/staging.")
+    staging_max_bytes: int = Field(
+        default=32 * 1024**3, ge=1, description="Size bound of the staging cache: least recently used "
+        "entries are evicted to stay under it; an entry larger than the bound fails its job.")
+
 
     max_upload_bytes: int = 512 * 1024**2
     max_decompressed_bytes: int | None = Field(
@@ -141,6 +166,20 @@ class Settings(BaseSettings):
                     raise ValueError(problem)
             return list(dict.fromkeys(value))
         return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        """Refused at start-up, by name, instead of failing at the first upload."""
+        if value:
+            from glai_common.storage import parse_storage_url
+
+            parse_storage_url(value)
+        return value or None
+
+    @property
+    def resolved_staging_dir(self) -> Path:
+        return (self.staging_dir or self.data_dir / "staging").resolve()
 
     @property
     def resolved_max_decompressed_bytes(self) -> int:

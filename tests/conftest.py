@@ -72,6 +72,23 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def _s3_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests.s3_server import s3_endpoint_for_session
+
+    with s3_endpoint_for_session(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(_s3_session: object) -> object:
+    """A real S3 endpoint (moto's server; see tests/s3_server.py): skipped locally without one, failed
+    under CI=true."""
+    from tests.s3_server import require
+
+    return require(_s3_session)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Small problems: a single intra-op thread avoids oversubscription on the shared 2-core runners."""
