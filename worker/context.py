@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from glai_common.db import make_engine, unit_of_work
 from glai_common.settings import Settings
-from glai_common.storage import LocalStorage
+from glai_common.storage import Storage, make_storage
+from worker.staging import LocalStaging, StagingCache, staging_for
 
 
 def broker_queue_depth(settings: Settings, timeout_s: float = 2.0) -> int | None:
@@ -44,16 +45,26 @@ def broker_queue_depth(settings: Settings, timeout_s: float = 2.0) -> int | None
 class WorkerContext:
     settings: Settings
     engine: Engine
-    storage: LocalStorage
+    storage: Storage
     enqueue: Callable[[str], None]
     # Messages waiting in the job queue, or None when the broker cannot say (or is unreachable).
     queue_depth: Callable[[], int | None] = field(default=lambda: None)
     # Removes the broker messages of final jobs (worker.broker_cleanup); None: nothing to clean.
     discard_messages: Callable[[WorkerContext], int] | None = None
     sessions: sessionmaker[Session] = field(init=False)
+    _staging: LocalStaging | StagingCache | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    @property
+    def staging(self) -> LocalStaging | StagingCache:
+        """Stored prefixes as local directories: the stored ones themselves (LocalStorage) or this
+        machine's verified, size-bounded copies (object storage; ``worker.staging``)."""
+        if self._staging is None:
+            self._staging = staging_for(self.storage, self.settings.resolved_staging_dir / "cache",
+                                        self.settings.staging_max_bytes)
+        return self._staging
 
     @classmethod
     def from_settings(cls, settings: Settings, enqueue: Callable[[str], None] | None = None,
@@ -69,7 +80,7 @@ class WorkerContext:
             if queue_depth is None:
                 queue_depth = partial(broker_queue_depth, settings)
         return cls(settings=settings, engine=engine,
-                   storage=LocalStorage(settings.resolved_storage_dir), enqueue=enqueue,
+                   storage=make_storage(settings), enqueue=enqueue,
                    queue_depth=queue_depth or (lambda: None), discard_messages=discard)
 
     def session(self) -> AbstractContextManager[Session]:

@@ -1,6 +1,7 @@
 """Turn a stored dataset into training arrays, embedding raw text or images once per backbone.
 
-Feature data sets are canonical arrays under ``datasets/<id>/`` and are memory-mapped. Text and image
+Feature data sets are canonical arrays under ``datasets/<id>/`` and are memory-mapped (from this machine's
+staging cache when storage is an object store: ``worker.staging``). Text and image
 data sets keep the raw upload (``datasets/<id>/raw.<ext>``); the first job with a backbone embeds them
 in the ``embedding`` phase and caches the features under ``features/<dataset_id>/<backbone>/`` with a
 ``feature_cache`` row, so later jobs (and a resumed attempt) skip the backbone entirely.
@@ -55,7 +56,8 @@ def load_training_data(ctx: WorkerContext, dataset: DatasetInfo, backbone: str |
         if backbone:
             raise DataError(f"dataset {dataset.id} already holds features; a backbone applies only to "
                             "text or image datasets", "backbone")
-        return TrainingData(load_canonical(ctx.storage.local_path(dataset.storage_key)), {})
+        with ctx.staging.staged(dataset.storage_key) as directory:  # memory-mapped once opened
+            return TrainingData(load_canonical(directory), {})
     if not backbone:
         raise DataError(f"a {dataset.kind} dataset needs a backbone to turn it into features", "backbone")
     from glai_core import backbones
@@ -70,23 +72,23 @@ def load_training_data(ctx: WorkerContext, dataset: DatasetInfo, backbone: str |
         cached = _embed(ctx, dataset, backbone, hooks, device)
     else:
         hooks.reporter.log(f"[embedding] reusing cached {backbone} features")
-    features = backbones.load_cached_features(cached, mmap=True)
+    with ctx.staging.staged(cached) as directory:
+        features = backbones.load_cached_features(directory, mmap=True)
     data = LoadedData(x=features.features, y=features.labels, class_names=features.class_names)
     return TrainingData(data, description)
 
 
-def _cached(ctx: WorkerContext, dataset_id: str, backbone: str) -> Path | None:
+def _cached(ctx: WorkerContext, dataset_id: str, backbone: str) -> str | None:
+    """The storage key of complete cached features (``meta.json`` is stored last), or None."""
     with ctx.session() as session:
         key = session.scalar(select(FeatureCache.storage_key).where(FeatureCache.dataset_id == dataset_id,
                                                                     FeatureCache.backbone == backbone))
     if key is None:
         return None
-    path = ctx.storage.local_path(key)
-    return path if (path / "meta.json").is_file() else None
+    return key if ctx.storage.exists(f"{key}/meta.json") else None
 
 
-def _raw_file(ctx: WorkerContext, dataset: DatasetInfo) -> Path:
-    directory = ctx.storage.local_path(dataset.storage_key)
+def _raw_file(directory: Path, dataset: DatasetInfo) -> Path:
     candidates = sorted(directory.glob("raw.*"))
     if not candidates:
         raise DataError(f"the raw upload of dataset {dataset.id} is missing from storage", "file")
@@ -99,13 +101,21 @@ def _batch_size(device: str, default: int) -> int:
 
 
 def _embed(ctx: WorkerContext, dataset: DatasetInfo, backbone: str, hooks: DatabaseHooks,
-           device: str) -> Path:
-    """The ``embedding`` phase: one event per batch (step = batch, progress = fraction of samples)."""
+           device: str) -> str:
+    """The ``embedding`` phase: one event per batch (step = batch, progress = fraction of samples).
+    Returns the storage key of the cached features."""
+    if not ctx.storage.list_prefix(dataset.storage_key):
+        raise DataError(f"the raw upload of dataset {dataset.id} is missing from storage", "file")
+    with ctx.staging.staged(dataset.storage_key) as directory:
+        return _embed_staged(ctx, dataset, _raw_file(directory, dataset), backbone, hooks, device)
+
+
+def _embed_staged(ctx: WorkerContext, dataset: DatasetInfo, path: Path, backbone: str, hooks: DatabaseHooks,
+                  device: str) -> str:
     from glai_core import backbones, raw_data
 
     hooks.on_phase_start(EMBEDDING)
     started = time.monotonic()
-    path = _raw_file(ctx, dataset)
     inputs: Any
     if dataset.kind == "text":
         if not dataset.text_column or not dataset.label_column:
@@ -131,8 +141,8 @@ def _embed(ctx: WorkerContext, dataset: DatasetInfo, backbone: str, hooks: Datab
     features = backbones.embed_raw(backbone, inputs, device=device, batch_size=batch_size,
                                    on_progress=on_progress, should_stop=hooks.should_stop)
     key = f"features/{dataset.id}/{backbone}"
-    target = ctx.storage.local_path(key)
-    backbones.cache_features(target, features, raw.labels, raw.class_names, backbones.describe(backbone))
+    ctx.staging.publish(key, lambda target: backbones.cache_features(
+        target, features, raw.labels, raw.class_names, backbones.describe(backbone)), last="meta.json")
     with ctx.session() as session:  # a concurrent job may have cached it too: first row wins, same files
         session.execute(dialect_insert(session)(FeatureCache.__table__).values(
             dataset_id=dataset.id, backbone=backbone, storage_key=key, n_features=int(features.shape[1]),
@@ -140,4 +150,4 @@ def _embed(ctx: WorkerContext, dataset: DatasetInfo, backbone: str, hooks: Datab
     seconds = time.monotonic() - started
     hooks.on_phase_end(EMBEDDING, {"samples": float(len(raw)), "dim": float(features.shape[1]),
                                    "seconds": seconds})
-    return target
+    return key
