@@ -16,7 +16,7 @@ from api.auth_limit import FailedAuthLimiter, client_key
 from api.errors import ApiError
 from api.services import api_keys
 from glai_common.settings import Settings
-from glai_common.storage import LocalStorage
+from glai_common.storage import Storage
 
 LOCAL_OWNER = "local"  # the owner of every row when auth is disabled
 
@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     enqueue: Callable[[str], None]
     auth_failures: FailedAuthLimiter = field(default_factory=lambda: FailedAuthLimiter(0, 1.0))
 

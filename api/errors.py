@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from api.methods import allowed_methods
+from glai_common.storage import StorageUnavailable
 
 log = logging.getLogger("glai.api")
 
@@ -113,6 +114,14 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
                         headers={"Retry-After": "1"})
 
 
+async def _storage_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The object store did not answer (GLAI_STORAGE_URL): retryable, and nothing was half-stored (an
+    upload's row is committed only after its files are)."""
+    log.warning("object storage unavailable: %s", exc)
+    return JSONResponse(error_body("the artifact storage is unreachable; retry shortly"), status_code=503,
+                        headers={"Retry-After": "5"})
+
+
 async def _client_disconnected(request: Request, _exc: Exception) -> JSONResponse:
     """The client went away before its request body was read (a cancelled upload, a dropped link): its
     own doing, nothing failed here, and the route has already removed what it had received. Logged as
@@ -136,4 +145,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for db_error in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError,
                      sqlalchemy.exc.InterfaceError):
         app.add_exception_handler(db_error, _database_unavailable)
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     app.add_exception_handler(Exception, _unexpected)

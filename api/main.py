@@ -28,7 +28,7 @@ from api.query import known_query
 from api.routes import datasets, health, jobs, results, webhooks
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
-from glai_common.storage import LocalStorage
+from glai_common.storage import make_storage
 
 API_VERSION = "v1"
 DESCRIPTION = """Train GLAI (GreenLightningAI) blocks as a service.
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
 
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
     services = Services(settings=settings, engine=engine, sessions=sessions,
-                        storage=LocalStorage(settings.resolved_storage_dir),
+                        storage=make_storage(settings),
                         enqueue=enqueue or routed_enqueue(sessions),
                         auth_failures=FailedAuthLimiter(settings.auth_failure_limit,
                                                         settings.auth_failure_window_s))

@@ -30,7 +30,7 @@ from api.services import quota
 from api.services.pagination import page, split_page
 from glai_common.models import Dataset, FeatureCache, Job, new_id
 from glai_common.states import FINAL_STATES
-from glai_common.storage import LocalStorage
+from glai_common.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -212,9 +212,10 @@ def resolve_format(kind: str, filename: str | None, declared: str | None) -> str
     return allowed[suffix]
 
 
-def _put(storage: LocalStorage, key: str, item: Path) -> None:
-    """``storage.put_file``, but a hard link when staging and storage share a file system: a multi-GB
-    X.npy is not copied a second time. Still atomic: link to ``.partial``, then rename."""
+def _put(storage: Storage, key: str, item: Path) -> None:
+    """``storage.put_file`` (for object storage a multipart upload streamed from the staged file), but a
+    hard link when staging and a LocalStorage share a file system: a multi-GB X.npy is not copied a second
+    time. Still atomic: link to ``.partial``, then rename."""
     local = getattr(storage, "local_path", None)
     if local is not None:
         target = local(key)
@@ -231,7 +232,7 @@ def _put(storage: LocalStorage, key: str, item: Path) -> None:
     storage.put_file(key, item)
 
 
-def _store(db: Session, storage: LocalStorage, staging: Path, row: Dataset) -> Dataset:
+def _store(db: Session, storage: Storage, staging: Path, row: Dataset) -> Dataset:
     """Move staged files under the row's key (datasets/<id>), then commit the row; undo the files if
     that fails."""
     try:
@@ -247,7 +248,7 @@ def _store(db: Session, storage: LocalStorage, staging: Path, row: Dataset) -> D
     return row
 
 
-def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, upload: Path,
+def create_from_upload(db: Session, storage: Storage, tmp_dir: Path, owner: str, upload: Path,
                        spec: UploadSpec, sha256: str, size_bytes: int) -> Dataset:
     ident = new_id()
     quota.check(db, owner, 0, spec.limits.owner_quota_bytes, "file")  # already full: read nothing
@@ -265,7 +266,7 @@ def create_from_upload(db: Session, storage: LocalStorage, tmp_dir: Path, owner:
         return _store(db, storage, staging, row)
 
 
-def create_builtin(db: Session, storage: LocalStorage, tmp_dir: Path, owner: str, name: str, seed: int,
+def create_builtin(db: Session, storage: Storage, tmp_dir: Path, owner: str, name: str, seed: int,
                    display_name: str | None, quota_bytes: int = 0) -> Dataset:
     from glai_core import data as gdata
 
@@ -322,7 +323,7 @@ def list_owned(db: Session, owner: str, limit: int, cursor: str | None) -> tuple
     return split_page(list(rows), limit)
 
 
-def delete(db: Session, storage: LocalStorage, owner: str, dataset_id: str) -> None:
+def delete(db: Session, storage: Storage, owner: str, dataset_id: str) -> None:
     """Refuse while any job refers to it (jobs keep pointing at their data); else drop row, then files."""
     row = get_owned(db, owner, dataset_id)
     total, active = db.execute(

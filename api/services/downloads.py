@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.errors import ApiError
 from glai_common.models import Artifact
-from glai_common.storage import LocalStorage
+from glai_common.storage import Storage
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
@@ -81,19 +81,12 @@ def _unsatisfiable(size: int) -> ApiError:
                     headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
 
 
-def _stream(storage: LocalStorage, key: str, start: int, length: int) -> Iterator[bytes]:
-    with storage.open(key) as handle:
-        handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            block = handle.read(min(CHUNK, remaining))
-            if not block:
-                break
-            remaining -= len(block)
-            yield block
+def _stream(storage: Storage, key: str, start: int, length: int) -> Iterator[bytes]:
+    """From a local file, or one ranged GET on object storage, in blocks of ``CHUNK``."""
+    yield from storage.read_range(key, start, length, CHUNK)
 
 
-def _reply(storage: LocalStorage, key: str, status: int, headers: dict[str, str], start: int, length: int,
+def _reply(storage: Storage, key: str, status: int, headers: dict[str, str], start: int, length: int,
            head: bool) -> Response:
     """The file's bytes, streamed; for HEAD the same status and headers (Content-Length included) and
     no body, without opening the file."""
@@ -103,16 +96,17 @@ def _reply(storage: LocalStorage, key: str, status: int, headers: dict[str, str]
                              media_type="application/octet-stream", headers=headers)
 
 
-def artifact_response(storage: LocalStorage, artifact: Artifact, filename: str, range_header: str | None,
+def artifact_response(storage: Storage, artifact: Artifact, filename: str, range_header: str | None,
                       if_none_match: str | None, if_range: str | None, head: bool = False) -> Response:
     """GET (``head=False``) or HEAD of an artifact: the same checks, statuses and headers."""
     etag = etag_for(artifact.sha256)
     common = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=common)
-    if not storage.exists(artifact.storage_key):
+    stored = storage.stat(artifact.storage_key)  # one HEAD on object storage
+    if stored is None:
         raise ApiError(410, f"the file of artifact '{artifact.name}' is missing from storage", None)
-    size = storage.size(artifact.storage_key)
+    size = stored.size
     if if_range is not None and if_range.strip() != etag:
         range_header = None  # the client's copy is stale: send the whole current file
     byte_range = parse_range(range_header, size)

@@ -1,9 +1,11 @@
-"""Readiness checks: can we reach the database and the broker right now?"""
+"""Readiness checks: can we reach the database, the broker (and object storage, when used) right now?"""
 
 from __future__ import annotations
 
 from kombu import Connection
 from sqlalchemy import Engine, text
+
+from glai_common.storage import Storage
 
 
 def check_database(engine: Engine) -> str:
@@ -19,6 +21,15 @@ def check_broker(url: str, timeout_s: float = 2.0) -> str:
     try:
         with Connection(url, connect_timeout=timeout_s) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        return "ok"
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}: {exc}"[:300]
+
+
+def check_storage(storage: Storage) -> str:
+    """One HEAD of a key nobody writes: 'not found' means the bucket answers with our credentials."""
+    try:
+        storage.stat("readyz-probe")
         return "ok"
     except Exception as exc:
         return f"unreachable: {type(exc).__name__}: {exc}"[:300]

@@ -27,7 +27,7 @@ from glai_common import webhooks
 from glai_common.models import Dataset, IdempotencyKey, Job, JobTransition, new_id
 from glai_common.settings import Settings
 from glai_common.states import FAILED, FINAL_STATES, QUEUED, STATES, transition
-from glai_common.storage import LocalStorage
+from glai_common.storage import Storage
 from glai_core.config import TrainConfig
 from glai_core.defaults import AUTO_FIELDS
 
@@ -203,7 +203,7 @@ def cancel(db: Session, owner: str, job_id: str) -> Job:
     return job
 
 
-def delete(db: Session, storage: LocalStorage, owner: str, job_id: str) -> None:
+def delete(db: Session, storage: Storage, owner: str, job_id: str) -> None:
     """Only finished jobs; the rows go first, then the files (an orphan file beats a dangling row)."""
     job = get_owned(db, owner, job_id)
     if job.state not in FINAL_STATES:

@@ -98,9 +98,11 @@ def insert_job(api: Api, ds: str, state: str = "queued", *, created_offset_s: fl
             session.add(JobTransition(job_id=job_id, field="state", from_value=before, to_value=after))
         if artifact is not None:
             key = f"jobs/{job_id}/trained.safetensors"
-            target = api.services.storage.local_path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(artifact)
+            source = api.tmp_dir / f"artifact-{job_id}"  # through the store: local or S3 alike
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_bytes(artifact)
+            api.services.storage.put_file(key, source)
+            source.unlink()
             session.add(Artifact(job_id=job_id, name="trained", storage_key=key, size_bytes=len(artifact),
                                  sha256=hashlib.sha256(artifact).hexdigest(), meta={"accuracy": 0.9}))
         session.commit()
