@@ -57,10 +57,10 @@ def start_api(env: dict[str, str], port: int, log_dir: Path) -> Process:
                            "--port", str(port), "--log-level", "warning"], env, log_dir)
 
 
-def start_worker(env: dict[str, str], log_dir: Path) -> Process:
-    return Process("worker", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool",
-                              "solo", "-Q", "glai", "--loglevel", "INFO", "-n", f"e2e-{os.getpid()}@%h",
-                              "--without-gossip", "--without-mingle", "--without-heartbeat"], env, log_dir)
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Process:
+    return Process(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool",
+                          "solo", "-Q", "glai", "--loglevel", "INFO", "-n", f"e2e-{name}-{os.getpid()}@%h",
+                          "--without-gossip", "--without-mingle", "--without-heartbeat"], env, log_dir)
 
 
 def wait_ready(url: str, processes: list[Process], timeout: float = 60.0) -> None:

@@ -74,3 +74,19 @@ def test_dockerfile_installs_torch_before_the_project() -> None:
     torch_at = text.index('pip install "$TORCH_SPEC"')
     project_at = text.index("pip install /app")
     assert torch_at < project_at
+
+
+def test_artifacts_live_in_minio_and_no_volume_is_shared_with_the_api(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env = services["api"]["environment"]
+    assert env["GLAI_STORAGE_URL"].startswith("s3://") and env["GLAI_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == env["GLAI_S3_ACCESS_KEY_ID"]
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == env["GLAI_S3_SECRET_ACCESS_KEY"]
+    Settings(**{k.removeprefix("GLAI_").lower(): v for k, v in env.items() if k.startswith("GLAI_")})
+    assert services["minio"]["healthcheck"]["test"]
+    assert services["migrate"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "prepare_storage" in " ".join(services["migrate"]["command"])  # creates the bucket
+    assert not services["api"].get("volumes")  # a second machine needs nothing from this one's disks
+    for name, worker in _workers(compose).items():
+        assert worker["environment"]["GLAI_STORAGE_URL"] == env["GLAI_STORAGE_URL"], name
+        assert [v.split(":")[1] for v in worker.get("volumes", [])] == ["/data/staging"], name
