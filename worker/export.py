@@ -130,7 +130,9 @@ def export_result(ctx: WorkerContext, job_id: str, result: Any, class_names: lis
             written.append(_row(CONFIG_ARTIFACT, f"jobs/{job_id}/{CONFIG_ARTIFACT}", path,
                                 {"format": "json", "role": "job-config"}))
         for row in written:
-            ctx.storage.put_file(row["storage_key"], tmp / Path(row["storage_key"]).name)
+            # the digest already computed: object storage records it instead of reading the file again
+            ctx.storage.put_file(row["storage_key"], tmp / Path(row["storage_key"]).name,
+                                 sha256=row["sha256"])
     with ctx.session() as session:
         for row in written:
             artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id,
