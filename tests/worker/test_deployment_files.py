@@ -53,14 +53,17 @@ def test_every_glai_variable_is_a_settings_field(compose: dict[str, Any]) -> Non
     assert env["GLAI_BROKER_URL"].startswith("redis://")
 
 
+def _pools(compose: dict[str, Any]) -> list[str]:
+    return Settings(queues=compose["x-glai-env"]["GLAI_QUEUES"]).queues
+
+
 def test_one_worker_per_gpu(compose: dict[str, Any]) -> None:
     device_ids: list[str] = []
     for name, worker in _workers(compose).items():
         command = worker["command"]
-        assert command[:4] == ["celery", "-A", "worker.celery_app", "worker"], name
-        assert command[command.index("--concurrency") + 1] == "1", name
-        assert command[command.index("-Q") + 1] == "glai", name
-        assert command[command.index("--pool") + 1] in {"solo", "prefork"}, name
+        assert command[:2] == ["glai", "worker"], name  # one job at a time, solo pool (worker_cmd)
+        assert command[command.index("--queues") + 1] == _pools(compose)[0], name
+        assert "--cpu" not in command, name
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
         device_ids.extend(devices[0]["device_ids"])
@@ -90,3 +93,13 @@ def test_artifacts_live_in_minio_and_no_volume_is_shared_with_the_api(compose: d
     for name, worker in _workers(compose).items():
         assert worker["environment"]["GLAI_STORAGE_URL"] == env["GLAI_STORAGE_URL"], name
         assert [v.split(":")[1] for v in worker.get("volumes", [])] == ["/data/staging"], name
+
+
+def test_the_cpu_worker_serves_the_cpu_pool_without_a_gpu(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["cpu-worker"]
+    command = worker["command"]
+    assert command[:2] == ["glai", "worker"] and "--cpu" in command
+    assert command[command.index("--queues") + 1] == "cpu" and "cpu" in _pools(compose)
+    assert "deploy" not in worker and worker["profiles"] == ["cpu"]  # opt-in, reserves no GPU
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["environment"]["GLAI_WORKER_HEALTH_FILE"]

@@ -66,6 +66,33 @@ def test_high_before_normal_before_low_and_pools_apart(fleet: Fleet) -> None:
     until(lambda: job_state(fleet.sessions, cpu_job).state == "succeeded", 120, "the cpu job", fleet)
     assert "device cpu" in _log(fleet, cpu_job)
     assert gpu_pool.proc.poll() is None and cpu_pool.proc.poll() is None
+    _check_metrics(fleet)
+
+
+def _check_metrics(fleet: Fleet) -> None:
+    """What the workers recorded, as the API's /metrics shows it: every phase they ran, each job's
+    duration, both pools alive."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from api.main import create_app
+    from glai_common.settings import Settings
+
+    settings = Settings(database_url=fleet.backend.database_url, broker_url="memory://",
+                        data_dir=fleet.backend.data_dir, auth_enabled=False, queues=["glai", "cpu"],
+                        worker_lease_s=60)
+    app = create_app(settings, enqueue=lambda _job_id: None)
+    with TestClient(app) as client:
+        text = client.get("/metrics").text
+    app.state.services.engine.dispose()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("glai_job_duration_seconds_count", (("state", "succeeded"),))] == 6
+    for phase in ("structural", "quantitative", "exporting"):  # per attempt: a lease lost under load
+        assert samples[("glai_phase_duration_seconds_count", (("phase", phase),))] >= 6, phase  # adds one
+    assert samples[("glai_workers_alive", (("queue", "glai"),))] == 1
+    assert samples[("glai_workers_alive", (("queue", "cpu"),))] == 1
+    assert samples[("glai_jobs", (("queue", "cpu"), ("state", "succeeded")))] == 1
 
 
 def test_a_lost_message_is_sent_again_to_the_jobs_own_queue(fleet: Fleet) -> None:
