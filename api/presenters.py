@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from api.schemas import (
     ArtifactOut,
     DatasetCreated,
@@ -16,6 +18,14 @@ from api.schemas import (
 from glai_common.models import Dataset, Job
 
 API_PREFIX = "/v1"
+
+
+_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".json": "json"}
+
+
+def artifact_format(storage_key: str) -> str:
+    """What the file is, from its key's extension (``jobs/<id>/trained.onnx`` -> ``onnx``)."""
+    return _FORMATS.get(PurePosixPath(storage_key).suffix, "safetensors")
 
 
 def job_path(job_id: str) -> str:
@@ -43,8 +53,9 @@ def job_out(job: Job) -> JobOut:
         **brief,
         spec=job.spec or {},
         transitions=[TransitionOut.model_validate(t) for t in job.transitions],
-        artifacts=[ArtifactOut(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, meta=a.meta or {},
-                               created_at=a.created_at, url=f"{base}/artifacts/{a.name}")
+        artifacts=[ArtifactOut(name=a.name, format=artifact_format(a.storage_key), size_bytes=a.size_bytes,
+                               sha256=a.sha256, meta=a.meta or {}, created_at=a.created_at,
+                               url=f"{base}/artifacts/{a.name}")
                    for a in job.artifacts],
         webhook_deliveries=[WebhookDeliveryOut.model_validate(d) for d in job.deliveries],
         links=JobLinks(self=base, curves=f"{base}/curves", logs=f"{base}/logs",

@@ -395,9 +395,15 @@ class TransitionOut(Out):
 
 
 class ArtifactOut(Out):
-    """An exported model file (safetensors; metadata in its header under `glai`)."""
+    """An exported file: a model (safetensors; metadata in its header under `glai`), its ONNX copy, or the
+    job's `config.json` (every setting it ran with)."""
 
-    name: str = Field(description="`trained`, `pruned-<pct>` or `baseline`.", examples=["trained"])
+    name: str = Field(description="Models: `trained`, `pruned-<pct>`, `baseline`; their ONNX copies: "
+                      "`<model>.onnx` (input `features`, outputs `logits` and `probabilities`; `meta.check` "
+                      "compares them with PyTorch on held-out rows); the settings: `config.json`.",
+                      examples=["trained", "trained.onnx", "config.json"])
+    format: Literal["safetensors", "onnx", "json"] = Field(
+        description="File format: `safetensors` (a model), `onnx` (its ONNX copy) or `json` (config.json).")
     size_bytes: int = Field(description="File size in bytes.")
     sha256: str = Field(description="SHA-256 of the file; also its ETag.")
     meta: dict[str, Any] = Field(description="Summary metadata (accuracy, sparsity, parameters...).")

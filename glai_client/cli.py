@@ -203,13 +203,16 @@ def logs(
 @app.command()
 def download(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
-    name: Annotated[str, typer.Argument(help="Artifact: trained, baseline, pruned-<pct>.")] = "trained",
+    name: Annotated[str, typer.Argument(help="Artifact: trained, baseline, pruned-<pct>; their ONNX copies "
+                                             "<model>.onnx; config.json.")] = "trained",
     output: Annotated[str, typer.Option("--output", "-o", help="A file, or a directory (existing, or "
                                                             "ending in /) to save it in under the name "
-                                                            "the API gives it, <job>-<name>.safetensors.")
+                                                            "the API gives it, <job>-<name>.safetensors "
+                                                            "(<job>-trained.onnx, <job>-config.json).")
                       ] = ".",
 ) -> None:
-    """Download an exported model (resumes an interrupted download)."""
+    """Download an exported model, its ONNX copy or the job's config.json (resumes an interrupted
+    download)."""
     try:
         with _client() as client:
             path = client.download_artifact(job_id, name, output)

@@ -52,6 +52,7 @@ class Dataset(TypedDict):
 
 class Artifact(TypedDict):
     name: str
+    format: str  # safetensors, onnx or json
     size_bytes: int
     sha256: str
     meta: dict[str, Any]
@@ -243,7 +244,7 @@ class GlaiClient:
     def download_artifact(self, job_id: str, name: str, dest: str | Path,
                           on_progress: Callable[[int, int], None] | None = None) -> Path:
         """Stream an artifact to ``dest``: a file, or a directory (one that exists, or a path ending in a
-        separator, created) to put it in under the name the API gives it, ``<job_id>-<name>.safetensors``.
+        separator, created) to put it in under the name the API gives it (``artifact_filename``).
         A partial ``dest.part`` left by an interrupted download is resumed with a Range request."""
         directory = str(dest).endswith(("/", os.sep))
         dest = Path(dest)
@@ -312,12 +313,14 @@ class GlaiClient:
 
 
 def artifact_filename(job_id: str, name: str) -> str:
-    """The file name the API sends in Content-Disposition (``<job_id>-<name>.safetensors``); both are
-    ids made of letters, digits, ``-`` and ``_``, so it can never leave the target directory."""
-    for value in (job_id, name):
+    """The file name the API sends in Content-Disposition: ``<job_id>-<name>.safetensors`` for a model,
+    ``<job_id>-<name>`` for a name with its own extension (``trained.onnx``, ``config.json``). Both are
+    made of letters, digits, ``-`` and ``_`` (a name also of dots inside it), so it can never leave the
+    target directory."""
+    for value in (job_id, name.replace(".", "_") if name[:1].isalnum() else name):
         if not value or not all(c.isalnum() or c in "-_" for c in value):
             raise ValueError(f"not a valid job id or artifact name: {value!r}")
-    return f"{job_id}-{name}.safetensors"
+    return f"{job_id}-{name}" if "." in name else f"{job_id}-{name}.safetensors"
 
 
 def _sha256(path: Path) -> str:

@@ -618,7 +618,7 @@
       const blob = new Blob(chunks, { type: "application/octet-stream" });
       const disposition = res.headers.get("Content-Disposition") || "";
       const named = disposition.match(/filename="?([^";]+)"?/);
-      const filename = named ? named[1] : `${artifact.name}.safetensors`;
+      const filename = named ? named[1] : fileName(artifact);
       let note = `Saved (${bytes(blob.size)})`;
       if (artifact.sha256 && window.crypto && crypto.subtle) {
         const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
@@ -643,13 +643,18 @@
     }
   }
 
+  // A model is `<name>.safetensors`; an ONNX copy (`trained.onnx`) or `config.json` has its extension.
+  function fileName(artifact) {
+    return artifact.name.includes(".") ? artifact.name : `${artifact.name}.safetensors`;
+  }
+
   function artifactsSection(job) {
     const list = job.artifacts || [];
     const rows = list.map((art) => {
       const status = h("span", { class: "dl-status", "aria-live": "polite" });
       const href = art.url || `${API}/jobs/${job.id}/artifacts/${encodeURIComponent(art.name)}`;
       const link = h("a", { class: "button download", href, "data-artifact": art.name,
-        download: `${art.name}.safetensors`, text: "Download" });
+        download: fileName(art), text: "Download" });
       link.addEventListener("click", (e) => { e.preventDefault(); download(job, art, link, status); });
       return h("tr", {}, h("th", { scope: "row", class: "mono", text: art.name }),
         h("td", { class: "num", text: bytes(art.size_bytes) }),

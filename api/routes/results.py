@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -69,7 +70,8 @@ def _artifact(job_id: str, name: str, services: Services, db: Session, owner: st
     if artifact is None:
         names = ", ".join(a.name for a in job.artifacts) or f"none (the job is {job.state})"
         raise ApiError(404, f"job '{job_id}' has no artifact {name!r}; its artifacts: {names}", "name")
-    return downloads.artifact_response(services.storage, artifact, f"{job_id}-{artifact.name}.safetensors",
+    filename = f"{job_id}-{PurePosixPath(artifact.storage_key).name}"  # -trained.safetensors, -config.json...
+    return downloads.artifact_response(services.storage, artifact, filename,
                                        range_, if_none_match, if_range, head=head)
 
 
@@ -78,7 +80,8 @@ def _artifact(job_id: str, name: str, services: Services, db: Session, owner: st
 def download_artifact(job_id: str, name: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
                       range_: RangeHeader = None, if_none_match: IfNoneMatch = None,
                       if_range: IfRange = None) -> Response:
-    """Streams a `.safetensors` file. ETag is the quoted SHA-256; resumable with Range."""
+    """Streams the file: a model (`.safetensors`), its ONNX copy (`<name>.onnx`) or the job's `config.json`.
+    ETag is the quoted SHA-256; resumable with Range."""
     return _artifact(job_id, name, services, db, owner, range_, if_none_match, if_range, head=False)
 
 
