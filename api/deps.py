@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth_limit import FailedAuthLimiter, client_key
 from api.errors import ApiError
 from api.services import api_keys
+from api.services.model_cache import ModelCache
 from glai_common.settings import Settings
 from glai_common.storage import Storage
 
@@ -31,6 +32,13 @@ class Services:
     storage: Storage
     enqueue: Callable[[str], None]
     auth_failures: FailedAuthLimiter = field(default_factory=lambda: FailedAuthLimiter(0, 1.0))
+    # Loaded models for POST /v1/jobs/{id}/predict; None: bounded by the settings (predict_cache_*).
+    model_cache: ModelCache[Any] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.model_cache is None:
+            settings = self.settings
+            self.model_cache = ModelCache(settings.predict_cache_models, settings.predict_cache_bytes)
 
 
 def get_services(request: Request) -> Services:

@@ -24,8 +24,9 @@ from api.errors import error_body, install_error_handlers
 from api.metrics import RequestTimer, RouteTemplates, make_registry
 from api.metrics import router as metrics_router
 from api.openapi import install_openapi
+from api.predict_guard import PredictBodyLimit
 from api.query import known_query
-from api.routes import datasets, health, jobs, results, webhooks
+from api.routes import datasets, health, jobs, predict, results, webhooks
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
 from glai_common.storage import make_storage
@@ -151,13 +152,15 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestGuard, limit=settings.max_request_bytes, exempt=_is_upload)
+    app.add_middleware(PredictBodyLimit, limit=settings.max_request_bytes)  # outer: names the field
     app.add_middleware(AdmissionLimit, limit=settings.db_pool_size + settings.db_max_overflow,
                        wait_s=settings.api_queue_timeout_s)
     registry, latency = make_registry(sessions, settings)
     app.state.metrics_registry = registry
     # outermost: admission waits count as latency
     app.add_middleware(RequestTimer, histogram=latency, templates=RouteTemplates(app))
-    for module in (datasets, jobs, results, webhooks):  # every /v1 operation refuses unknown query parameters
+    # every /v1 operation refuses unknown query parameters
+    for module in (datasets, jobs, results, predict, webhooks):
         app.include_router(module.router, prefix=f"/{API_VERSION}", dependencies=[Depends(known_query)])
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -518,3 +518,33 @@ class Curves(BaseModel):
 class LogChunk(BaseModel):
     text: str = Field(description="Log text from `offset` on (whole lines).")
     next_offset: int = Field(description="Byte offset to ask for next; equal to `offset` when nothing new.")
+
+
+# ---------------------------------------------------------------- predictions
+
+class PredictIn(In):
+    """Rows to classify with one of the job's models, on the server. Send exactly one of `rows` and
+    `texts`; at most GLAI_MAX_PREDICT_ROWS of them, and the body within GLAI_MAX_REQUEST_BYTES."""
+
+    artifact: str = Field("trained", min_length=1, max_length=64,
+                          description="The model: `trained`, `pruned-<pct>` or `baseline`.",
+                          examples=["trained", "pruned-50"])
+    rows: list[list[float]] | None = Field(
+        None, min_length=1, description="Feature rows as uploaded (the model's `n_features` numbers each; "
+        "the model standardises them itself). For a model on a frozen backbone: the backbone's embeddings.",
+        examples=[[[5.1, 3.5, 1.4, 0.2]]])
+    texts: list[str] | None = Field(
+        None, min_length=1, description="Raw texts, for a model trained on the `minilm` text backbone: "
+        "embedded on the server as at training time (at most GLAI_MAX_PREDICT_TEXT_CHARS characters each).",
+        examples=[["what a lovely day"]])
+
+
+class PredictOut(BaseModel):
+    """One predicted class per row, with the probability of every class."""
+
+    artifact: str = Field(description="The model that answered.")
+    sha256: str = Field(description="SHA-256 of that model's file (its download's ETag).")
+    class_names: list[str] = Field(description="Every class, in the order of each `probabilities` row.")
+    classes: list[str] = Field(description="The most likely class of each row, in request order.")
+    probabilities: list[list[float]] = Field(description="Per row, the softmax probability of each class "
+                                             "(in `class_names` order).")

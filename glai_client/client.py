@@ -95,6 +95,14 @@ class LogChunk(TypedDict):
     next_offset: int
 
 
+class Prediction(TypedDict):
+    artifact: str
+    sha256: str
+    class_names: list[str]
+    classes: list[str]
+    probabilities: list[list[float]]
+
+
 class GlaiError(Exception):
     """An error answer from the API (or no answer at all: ``status`` 0)."""
 
@@ -276,6 +284,20 @@ class GlaiClient:
             raise GlaiError(0, f"download interrupted ({exc}); run it again to resume") from exc
         part.replace(dest)
         return dest
+
+    # ------------------------------------------------------------------ prediction (server)
+    def predict_remote(self, job_id: str, rows: Any = None, texts: list[str] | None = None,
+                       artifact: str = "trained") -> Prediction:
+        """Classes and probabilities computed by the API (``POST /v1/jobs/{id}/predict``): nothing is
+        downloaded. ``rows``: feature rows (a 2-D array or lists); ``texts``: raw texts for a model on the
+        minilm backbone. Requests are bounded (GLAI_MAX_PREDICT_ROWS, GLAI_MAX_REQUEST_BYTES): send large
+        inputs in batches, or predict locally with ``predict``."""
+        body: dict[str, Any] = {"artifact": artifact}
+        if rows is not None:
+            body["rows"] = rows.tolist() if hasattr(rows, "tolist") else [list(row) for row in rows]
+        if texts is not None:
+            body["texts"] = list(texts)
+        return cast(Prediction, self._request("POST", f"/v1/jobs/{job_id}/predict", json=body).json())
 
     # ------------------------------------------------------------------ prediction (local)
     def model_file(self, job_id: str, name: str = "trained", directory: str | Path | None = None) -> Path:

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     export_onnx: bool = Field(
         default=True, description="Export an ONNX copy of every model (<name>.onnx, checked against PyTorch "
         "with onnxruntime on held-out rows) next to its .safetensors file.")
+    predict_max_rows: int = Field(
+        default=10_000, ge=1, description="Most rows or texts one POST /v1/jobs/{id}/predict may send "
+        "(413 above, naming the field); its body is also bounded by max_request_bytes.")
+    predict_max_text_chars: int = Field(
+        default=20_000, ge=1, description="Longest text (characters) a predict request may send.")
+    predict_cache_models: int = Field(
+        default=8, ge=0, description="Models the API keeps loaded per process for predictions, least "
+        "recently used evicted first (0: load for every request).")
+    predict_cache_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Bound on the model files (bytes) kept loaded for "
+        "predictions, per API process.")
 
     db_pool_size: int = Field(default=10, description="Connections kept open per process (PostgreSQL).")
     db_max_overflow: int = Field(default=30, description="Extra connections under load, per process.")

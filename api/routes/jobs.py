@@ -114,4 +114,5 @@ def resume_job(job_id: str, services: ServicesDep, db: DbDep, owner: OwnerDep,
 def delete_job(job_id: str, services: ServicesDep, db: DbDep, owner: OwnerDep) -> Response:
     """Only succeeded, failed or cancelled jobs; removes its curves, logs and artifact files."""
     jobs.delete(db, services.storage, owner, job_id)
+    services.model_cache.discard_prefix(f"jobs/{job_id}/")  # its models no longer take memory here
     return Response(status_code=204)

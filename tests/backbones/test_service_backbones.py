@@ -116,8 +116,14 @@ def test_text_dataset_trains_with_minilm_reuses_the_cache_and_predicts_raw_texts
         texts = [text for text, _ in split.test]
         truth = [label for _, label in split.test]
         labels = client.predict(first["id"], texts, directory=tmp_path / "models")
+        # The same raw texts, embedded and classified by the API process (offline, like the worker).
+        remote = client.predict_remote(first["id"], texts=texts)
     assert _accuracy(labels, truth) >= 0.65, (split.source, _accuracy(labels, truth))
     assert Predictor.load(model).predict(texts) == labels
+    assert remote["classes"] == labels and remote["class_names"] == ["negative", "positive"]
+    expected = Predictor.load(model).predict_proba(texts)
+    assert max(abs(p - e) for row, want in zip(remote["probabilities"], expected, strict=True)
+               for p, e in zip(row, want, strict=True)) < 1e-5
 
     # The CLI: a .txt of texts, a table with --text-column, then watch and plot.
     one_line = [" ".join(t.split()) for t in texts[:10]]
