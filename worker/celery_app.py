@@ -1,17 +1,20 @@
-"""The worker's Celery app (``celery -A worker.celery_app worker -Q glai``).
+"""The worker's Celery app (``glai worker --queues glai``, which runs ``celery -A worker.celery_app worker
+-Q glai.high,glai,glai.low --pool solo --concurrency 1``: a pool's queues, high priority first).
 
 Run one worker per GPU, each seeing one device and running one job at a time::
 
-    CUDA_VISIBLE_DEVICES=0 celery -A worker.celery_app worker -Q glai --pool solo --concurrency 1 -n gpu0@%h
-    CUDA_VISIBLE_DEVICES=1 celery -A worker.celery_app worker -Q glai --pool solo --concurrency 1 -n gpu1@%h
+    CUDA_VISIBLE_DEVICES=0 glai worker --queues glai --name gpu0@%h
+    CUDA_VISIBLE_DEVICES=1 glai worker --queues glai --name gpu1@%h
+    glai worker --queues cpu --cpu --name cpu0@%h      # a CPU-only worker for jobs with "queue": "cpu"
 
 ``--pool solo`` (recommended) runs the task in the worker's own process: no fork at all, and a warm
 shutdown (SIGTERM) stops the job at its next step and hands it on. ``--pool prefork --concurrency 1``
 also works: nothing here touches CUDA or opens a database connection before the fork (torch.cuda is
 first touched inside the task; engines are disposed in the child). Late acks, prefetch 1, reject on
 worker lost and a broker visibility timeout above the longest job come from
-``glai_common.queue.celery_config``. The lease reaper (worker/reaper.py) runs as a daemon thread in the
-main process of every worker, so no separate beat process is needed.
+``glai_common.queue.celery_config``. The lease reaper (worker/reaper.py) and the webhook deliverer
+(worker/webhooks.py) run as daemon threads in the main process of every worker, so no separate beat
+process is needed.
 """
 
 from __future__ import annotations
