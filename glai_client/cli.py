@@ -58,6 +58,19 @@ def serve(
     raise typer.Exit(code)
 
 
+@app.command("webhook-secret")
+def webhook_secret(
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace it first.")] = False,
+) -> None:
+    """Print the key your job webhooks are signed with (GLAI-Signature, HMAC-SHA256)."""
+    try:
+        with _client() as client:
+            secret = client.webhook_secret(rotate=rotate)
+    except GlaiError as exc:
+        raise _fail(exc) from exc
+    console.print(secret, highlight=False, soft_wrap=True)
+
+
 @app.command("worker")
 def worker_command(
     queues: Annotated[str | None, typer.Option(
@@ -101,6 +114,12 @@ def submit(
                                                        "bf16.")] = None,
     name: Annotated[str | None, typer.Option(help="Your label for the job (glai jobs list --name).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A free-form tag; repeat for several.")] = None,
+    priority: Annotated[str | None, typer.Option(help="high, normal (default) or low within its queue.")
+                        ] = None,
+    queue: Annotated[str | None, typer.Option(help="Worker pool, one of the server's GLAI_QUEUES "
+                                                   "(default: its first).")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="POSTed (signed) when the job ends; see "
+                                                         "glai webhook-secret.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
@@ -113,6 +132,11 @@ def submit(
         body["backbone"] = backbone
     if precision:
         body["precision"] = precision
+    for key, value in (("priority", priority), ("queue", queue)):
+        if value is not None:
+            body[key] = value
+    if webhook_url is not None:
+        body["notify"] = {"webhook_url": webhook_url}
     try:
         with _client() as client:
             job = client.submit_job(dataset_id, body, idempotency_key=idempotency_key)

@@ -235,6 +235,13 @@ class GlaiClient:
     def delete_job(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}")
 
+    def webhook_secret(self, rotate: bool = False) -> str:
+        """The key job webhooks are signed with (``glai_common.webhooks.verify`` checks a delivery);
+        ``rotate`` replaces it first."""
+        if rotate:
+            return str(self._request("POST", "/v1/webhooks/secret/rotate").json()["secret"])
+        return str(self._request("GET", "/v1/webhooks/secret").json()["secret"])
+
     # ------------------------------------------------------------------ results
     def curves(self, job_id: str, keys: list[str] | None = None, phase: str | None = None,
                max_points: int | None = None) -> dict[str, Any]:
