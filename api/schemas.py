@@ -159,7 +159,8 @@ class ArchitectureIn(In):
 
     hidden: list[int] = Field(default_factory=lambda: list(_ARCH.hidden), min_length=1,
                               description="Hidden widths of the reference MLP, input side first.",
-                              examples=[[256], [512, 256]])
+                              examples=[[256], [512, 256]],
+                              json_schema_extra={"items": {"type": "integer", "minimum": 1}})
     reduction_factor: Annotated[Literal["auto", "adaptive"] | float, WithJsonSchema({"anyOf": [
         {"type": "string", "enum": ["auto", "adaptive"]},
         {"type": "number", "minimum": MIN_REDUCTION, "maximum": MAX_REDUCTION}]})] = Field(
