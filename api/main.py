@@ -21,7 +21,7 @@ from api.auth_limit import FailedAuthLimiter
 from api.deps import Services
 from api.docs import install_docs
 from api.errors import error_body, install_error_handlers
-from api.metrics import RequestTimer, RouteTemplates, make_registry
+from api.metrics import RequestTimer, make_registry
 from api.metrics import router as metrics_router
 from api.openapi import install_openapi
 from api.predict_guard import PredictBodyLimit
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     registry, latency = make_registry(sessions, settings)
     app.state.metrics_registry = registry
     # outermost: admission waits count as latency
-    app.add_middleware(RequestTimer, histogram=latency, templates=RouteTemplates(app))
+    app.add_middleware(RequestTimer, histogram=latency)
     # every /v1 operation refuses unknown query parameters
     for module in (datasets, jobs, results, predict, webhooks):
         app.include_router(module.router, prefix=f"/{API_VERSION}", dependencies=[Depends(known_query)])

@@ -15,12 +15,11 @@ Counts only: no ids, names or owners. ``GLAI_METRICS_TOKEN`` puts it behind a be
 from __future__ import annotations
 
 import hmac
-import re
 import time
 from collections.abc import Iterator
 from datetime import datetime
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -42,36 +41,27 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class RouteTemplates:
-    """Request path -> the documented path template it matches (``/v1/jobs/{job_id}``), from the app's
-    OpenAPI paths, built on first use; the docs pages and the dashboard by their own names; anything
-    else (404s, probes of random paths) ``unmatched``. Bounded labels whatever clients send."""
-
-    EXTRA = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/dashboard")
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
-
-    def _compile(self) -> list[tuple[re.Pattern[str], str]]:
-        paths = list(self.app.openapi().get("paths", {}))
-        patterns = [(re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "/?$"), path)
-                    for path in paths]
-        patterns.sort(key=lambda item: item[1].count("{"))  # literal segments win: /jobs/builtin first
-        patterns += [(re.compile("^" + re.escape(path) + "(/.*)?$"), path) for path in self.EXTRA]
-        return patterns
-
-    def __call__(self, path: str) -> str:
-        if self._patterns is None:
-            self._patterns = self._compile()
-        return next((template for pattern, template in self._patterns if pattern.match(path)), "unmatched")
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/jobs/{job_id}``), or ``unmatched`` (404s, probes of random
+    paths): bounded labels whatever clients send. The router leaves the matched route in the scope with its
+    path relative to where it was included, so the literal prefix it was included under is put back: the
+    part of the request path before the route's own pattern matches."""
+    route = scope.get("route")
+    template, pattern = getattr(route, "path", None), getattr(route, "path_regex", None)
+    path = scope.get("path", "")
+    if not template or pattern is None:
+        return "unmatched"
+    for cut in [i for i, ch in enumerate(path) if ch == "/"]:
+        if pattern.match(path[cut:]):
+            return path[:cut] + str(template)
+    return str(template)
 
 
 class RequestTimer:
     """ASGI middleware: seconds from a request's arrival until its response has been sent."""
 
-    def __init__(self, app: ASGIApp, histogram: Histogram, templates: RouteTemplates) -> None:
-        self.app, self.histogram, self.templates = app, histogram, templates
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,7 +81,7 @@ class RequestTimer:
         finally:
             method = scope.get("method", "")
             self.histogram.labels(method=method if method in KNOWN_METHODS else "other",
-                                  route=self.templates(scope.get("path", "")),
+                                  route=route_template(scope),
                                   status=str(status)).observe(time.perf_counter() - started)
 
 
