@@ -1,0 +1,122 @@
+"""Sweeps in one job (glai_core.sweep): a grid of GLAI and MLP heads trained side by side in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glai_core.config import TrainConfig
+from glai_core.data import LoadedData, builtin
+from glai_core.hooks import RecordingHooks
+from glai_core.metrics import evaluate
+from glai_core.model import GLAIBlock
+from glai_core.solvers import ridge_fit
+from glai_core.stacked import StackedGLAI, StackedMLP, init_heads
+from glai_core.stacked_ridge import stacked_dual_fit
+from glai_core.sweep import HeadResult, grid, pareto, run_sweep
+from glai_core.train import DeviceSet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def digits() -> LoadedData:
+    data = builtin("digits")
+    return LoadedData(np.asarray(data.x[:700]), np.asarray(data.y[:700]), class_names=list(data.class_names))
+
+
+def _config() -> TrainConfig:
+    config = TrainConfig()
+    config.device = "cpu"
+    config.pruning.enabled = False
+    config.architecture.hidden = [64]
+    config.structural.max_epochs = 12
+    config.baseline.max_epochs = 12
+    return config
+
+
+def test_the_grid_crosses_glai_settings_and_gives_mlps_lr_and_seed_only() -> None:
+    config = TrainConfig()
+    heads = grid({"lr": [1e-3, 3e-3], "reduction_factor": ["auto", 2.0], "seed": [0, 1]}, config, 64, 10,
+                 1000,
+                 1e-3, 1e-3, with_mlp=True)
+    glai = [h for h in heads if h.kind == "glai"]
+    mlp = [h for h in heads if h.kind == "mlp"]
+    assert len(glai) == 8 and len(mlp) == 4
+    assert {h.hidden for h in glai} == {(30,), (128,)} and {h.hidden for h in mlp} == {(256,)}
+    assert [h.id for h in heads] == list(range(12))
+
+
+def test_a_sweep_trains_every_head_with_its_own_curves_and_stopping(digits: LoadedData) -> None:
+    hooks = RecordingHooks()
+    sweep = {"lr": [1e-3, 1e-2], "seed": [0, 1]}
+    result = run_sweep(digits, _config(), sweep, hooks)
+    report = result.summary["sweep"]
+    heads = report["heads"]
+    assert [h["kind"] for h in heads] == ["glai"] * 4 + ["mlp"] * 4
+    assert hooks.phases[:2] == ["structural",
+                                "quantitative"] and "baseline" in [e.phase for e in hooks.events]
+    series = {name for event in hooks.events for name in event.metrics}
+    for head in heads:
+        assert f"h{head['id']}/val_accuracy" in series
+        assert 0.5 < head["val_accuracy"] <= 1.0 and head["params"] > 0 and head["seconds"] > 0
+    glai_epochs = {h["epochs"]["structural"] for h in heads if h["kind"] == "glai"}
+    mlp_epochs = {h["epochs"]["baseline"] for h in heads if h["kind"] == "mlp"}
+    assert len(glai_epochs | mlp_epochs) > 1  # each head stopped on its own
+    best = report["best"]
+    assert best["glai"] in report["front"]["glai"] and best["mlp"] in report["front"]["mlp"]
+    best_glai = max((h for h in heads if h["kind"] == "glai"), key=lambda h: h["val_accuracy"])
+    assert result.summary["glai_accuracy"] == pytest.approx(best_glai["val_accuracy"])
+    assert isinstance(result.glai, GLAIBlock) and result.baseline is not None
+    # the kept models are the reported ones, on the validation rows the sweep used
+    assert evaluate(result.glai, result.val.x,
+                    result.val.y)[1] == pytest.approx(result.summary["glai_accuracy"])
+    assert evaluate(result.baseline, result.val.x, result.val.y)[1] == \
+        pytest.approx(result.summary["baseline_accuracy"])
+
+
+def test_a_head_of_a_sweep_starts_as_its_own_job_would() -> None:
+    """Initialisation per head: the seed's StructuralMLP, as ``structural_phase`` builds it."""
+    from glai_core.model import StructuralMLP
+
+    heads = init_heads(8, [[5], [9]], 3, [4, 7])
+    torch.manual_seed(7)
+    alone = StructuralMLP(8, [9], 3)
+    for got, expected in zip(heads[1].parameters(), alone.parameters(), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_the_batched_closed_form_is_each_heads_dual_ridge(digits: LoadedData) -> None:
+    torch.manual_seed(0)
+    x = torch.from_numpy(digits.x[:300]).float()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    y = torch.from_numpy(digits.y[:300]).long()
+    val_x = torch.from_numpy(digits.x[300:400]).float()
+    val_x = (val_x - val_x.mean(0)) / val_x.std(0).clamp_min(1e-6)
+    val_y = torch.from_numpy(digits.y[300:400]).long()
+    structures = init_heads(64, [[6], [9]], 10, [0, 1])
+    blocks = [GLAIBlock.from_structure(s) for s in structures]
+    stacked = StackedGLAI.from_blocks(blocks)
+    shapes = StackedMLP.from_heads(structures)
+    dims = [6 * 65, 9 * 65]
+    report = stacked_dual_fit(stacked, dims, x, y, shapes.gates(x), val_x, val_y, shapes.gates(val_x), [0.1,
+                                                                                                        1.0])
+    for k, (structure, block) in enumerate(zip(structures, blocks, strict=True)):
+        train, val = DeviceSet(x, y).with_gates(structure), DeviceSet(val_x, val_y).with_gates(structure)
+        expected = ridge_fit(block, train, val, [0.1, 1.0], True, method="dual")
+        assert report[k]["ridge_lambda"] == expected.relative_lambda
+        theta, bias = stacked.head_theta(k)
+        torch.testing.assert_close(theta, block.theta, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(bias, block.bias, rtol=1e-3, atol=1e-5)
+
+
+def test_the_front_keeps_the_heads_nothing_beats() -> None:
+    from glai_core.sweep import Head
+
+    def result(i: int, acc: float, params: int, seconds: float) -> HeadResult:
+        return HeadResult(Head(i, "glai", 1e-3, 0), val_accuracy=acc, params=params, seconds=seconds)
+
+    results = [result(0, 0.9, 100, 1.0), result(1, 0.95, 200, 1.0), result(2, 0.89, 150, 2.0),
+               result(3, 0.9, 100, 1.0)]
+    assert pareto(results) == [0, 1, 3]  # 2 is beaten by 0 on everything; 0 and 3 tie
