@@ -84,6 +84,9 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(64), default="glai", server_default="glai")
     priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)  # POSTed on every final state
+    # Lineage (issue 17): the job whose frozen structure and weights this one continues; null for the rest.
+    parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                                      default=None, index=True)
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     phase: Mapped[str | None] = mapped_column(String(16), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         default=16 * 1024**3, description="Largest estimated peak memory of a job on its device (weights, "
         "grads, Adam moments, a batch of activations, the ridge normal matrix, the dataset); the smallest "
         "worker device's memory minus headroom.")
+    max_statistics_bytes: int = Field(
+        default=256 * 1024**2, ge=0, description="A job keeps the sufficient statistics of its closed form "
+        "(F^T F and F^T Y, float64) for incremental children and merges when they take at most this many "
+        "bytes; above it children refit on the union of rows. 0: never kept.")
+    max_sweep_heads: int = Field(
+        default=64, ge=1, description="Most heads (grid points, GLAI and MLP together) one sweep job may "
+        "train.")
 
     device_memory_budget_bytes: int | None = Field(
         default=None, description="Training data (features + labels of both splits) kept on the GPU only "

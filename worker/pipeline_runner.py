@@ -39,6 +39,7 @@ from glai_common.models import Dataset
 from glai_common.states import CANCELLED, FAILED, SUCCEEDED
 from glai_common.storage import StorageUnavailable
 from glai_core.hooks import Cancelled
+from worker import lineage_runner
 from worker.checkpoint_sync import CheckpointWorkspace
 from worker.context import WorkerContext
 from worker.datasets import DatasetInfo, load_training_data
@@ -117,6 +118,8 @@ def _train_and_export(ctx: WorkerContext, claimed: Claimed, hooks: DatabaseHooks
         config.device_memory_budget_bytes = ctx.settings.device_memory_budget_bytes
     hooks.reporter.log(f"device {config.device}")
     loaded = load_training_data(ctx, claimed.dataset, claimed.spec.get("backbone"), hooks, device)
+    if lineage_runner.kind_of(claimed.spec) != "train":  # incremental, merge, sweep (issue 17)
+        return lineage_runner.run(ctx, claimed, config, loaded, hooks, device)
     result = run_pipeline(loaded.data, config, hooks)
     if hooks.should_stop():  # a cancel that arrived after the last step: honour it before exporting
         raise Cancelled("stopped before export")
@@ -127,6 +130,8 @@ def _train_and_export(ctx: WorkerContext, claimed: Claimed, hooks: DatabaseHooks
     artifacts = export_result(ctx, claimed.job_id, result, class_names, loaded.preprocessing,
                               heldout=heldout_rows(loaded.data, config.validation_fraction, config.seed),
                               job_config=settings_file, log=hooks.reporter.log)
+    lineage_runner.keep_root_statistics(ctx, claimed.job_id, claimed.spec, claimed.dataset.id, result,
+                                        loaded.data, config, hooks)
     hooks.on_phase_end(EXPORTING, {"artifacts": float(len(artifacts))})
     return dict(result.summary)
 
