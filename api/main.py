@@ -26,7 +26,7 @@ from api.metrics import router as metrics_router
 from api.openapi import install_openapi
 from api.predict_guard import PredictBodyLimit
 from api.query import known_query
-from api.routes import datasets, health, jobs, predict, results, webhooks
+from api.routes import datasets, health, jobs, models, predict, results, webhooks
 from glai_common.db import make_engine
 from glai_common.settings import Settings, get_settings
 from glai_common.storage import make_storage
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     # outermost: admission waits count as latency
     app.add_middleware(RequestTimer, histogram=latency)
     # every /v1 operation refuses unknown query parameters
-    for module in (datasets, jobs, results, predict, webhooks):
+    for module in (datasets, jobs, results, predict, webhooks, models):
         app.include_router(module.router, prefix=f"/{API_VERSION}", dependencies=[Depends(known_query)])
     app.include_router(health.router)
     app.include_router(metrics_router)

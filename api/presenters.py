@@ -15,6 +15,7 @@ from api.schemas import (
     TransitionOut,
     WebhookDeliveryOut,
 )
+from api.services import lineage
 from glai_common.models import Dataset, Job
 
 API_PREFIX = "/v1"
@@ -43,6 +44,7 @@ def dataset_created(row: Dataset, duplicates: list[str]) -> DatasetCreated:
 def job_brief(job: Job) -> JobBrief:
     brief = JobBrief.model_validate(job, from_attributes=True)
     brief.notify = NotifyOut(webhook_url=job.webhook_url) if job.webhook_url else None
+    brief.kind = lineage.kind_of(job.spec or {})
     return brief
 
 
@@ -60,4 +62,5 @@ def job_out(job: Job) -> JobOut:
         webhook_deliveries=[WebhookDeliveryOut.model_validate(d) for d in job.deliveries],
         links=JobLinks(self=base, curves=f"{base}/curves", logs=f"{base}/logs",
                        artifacts=f"{base}/artifacts", cancel=f"{base}/cancel"),
+        lineage=lineage.lineage_out(job),
     )

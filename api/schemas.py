@@ -323,6 +323,115 @@ class NotifyIn(In):
         return url
 
 
+# ---------------------------------------------------------------- lineage, merging and sweeps (issue 17)
+
+class IncrementalIn(In):
+    """How a child of `parent_job_id` uses its dataset: the parent's structure S stays frozen (no phase 1)
+    and only the path weights are refitted, warm-started from the parent's."""
+
+    rows: Literal["union", "own"] = Field(
+        "union", description="`union`: fit the parent's rows and this dataset's together (the parent's "
+        "lineage plus this part); `own`: this dataset's rows only, on the parent's structure (a copy to "
+        "merge with others later, `POST /v1/models/merge`).")
+    data: Literal["new_rows", "appended"] = Field(
+        "new_rows", description="`new_rows`: the dataset holds only rows the parent has not seen; "
+        "`appended`: it is the parent's latest dataset with rows appended (its first rows must be that "
+        "dataset's, byte for byte; only the rows after them are new).")
+    phase2: Literal["auto", "statistics", "refit"] = Field(
+        "auto", description="`statistics`: the closed form from the parent's sufficient statistics plus the "
+        "new rows' (only the new rows are read; needs the parent's statistics); `refit`: phase 2 with "
+        "`quantitative.solver` on the union of every part's rows; `auto`: `statistics` when the parent kept "
+        "them and the solver is `auto` or `ridge`, else `refit`.")
+
+
+_SWEEP_LR = Annotated[float, Field(gt=0, le=10)]
+_SWEEP_R = Annotated[Literal["auto", "adaptive"] | float, WithJsonSchema({"anyOf": [
+    {"type": "string", "enum": ["auto", "adaptive"]},
+    {"type": "number", "minimum": MIN_REDUCTION, "maximum": MAX_REDUCTION}]})]
+_SWEEP_SEED = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class SweepIn(In):
+    """A grid of heads trained in one job, side by side in one batched pass over the data. GLAI heads take
+    every (lr, reduction_factor, seed); MLP heads (with the baseline enabled) every (lr, seed). A key left
+    out keeps the job's own value. At most GLAI_MAX_SWEEP_HEADS heads."""
+
+    lr: list[_SWEEP_LR] | None = Field(None, min_length=1, max_length=32,
+                                       description="Adam learning rates of the structural phase (GLAI) and "
+                                       "of the MLP.", examples=[[3e-4, 1e-3, 3e-3]])
+    reduction_factor: list[_SWEEP_R] | None = Field(
+        None, min_length=1, max_length=32, description="GLAI widths: `auto` (parameter-matched), `adaptive` "
+        f"or r in [{MIN_REDUCTION}, {MAX_REDUCTION:g}], as `architecture.reduction_factor`.",
+        examples=[["auto", 2.0]])
+    seed: list[_SWEEP_SEED] | None = Field(None, min_length=1, max_length=32,
+                                           description="Initialisation seeds (the split and the batch order "
+                                           "stay the job's `seed`: every head sees the same batches).",
+                                           examples=[[0, 1, 2]])
+
+    @field_validator("reduction_factor", mode="before")
+    @classmethod
+    def _factors(cls, values: Any) -> Any:
+        if isinstance(values, list):
+            return [ArchitectureIn._factor(v) for v in values]  # one message for every bad value
+        return values
+
+    @field_validator("lr", "reduction_factor", "seed")
+    @classmethod
+    def _distinct(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is not None and len(set(map(str, values))) != len(values):
+            raise ValueError("values must be distinct")
+        return values
+
+    @model_validator(mode="after")
+    def _something(self) -> SweepIn:
+        if self.lr is None and self.reduction_factor is None and self.seed is None:
+            raise ValueError("give at least one of lr, reduction_factor and seed")
+        return self
+
+
+class MergeCreate(In):
+    """Jobs that share one frozen structure, merged into the model of all their data."""
+
+    job_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=2, max_length=32, description="Succeeded jobs of yours on one structure (a job and its "
+        "children with `incremental.rows: own`, or such children), fitted on different rows.",
+        examples=[["4f1c0e2a9b7d4e3f8a6b5c4d3e2f1a0b", "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"]])
+    method: Literal["auto", "summed_statistics", "refit"] = Field(
+        "auto", description="`summed_statistics`: the closed form on the jobs' summed sufficient statistics "
+        "(exactly the ridge fit of the union of their rows; no training row is read); `refit`: phase 2 on "
+        "the union of their rows from the row-weighted mean of their path weights; `auto`: the first when "
+        "every job kept statistics.")
+    name: str | None = Field(None, min_length=1, max_length=256, pattern=_PRINTABLE,
+                             description="Your label for the merge job.")
+    time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Wall-clock limit in seconds, as for "
+                                     "`POST /v1/jobs`.")
+
+    @field_validator("job_ids")
+    @classmethod
+    def _distinct(cls, ids: list[str]) -> list[str]:
+        if len(set(ids)) != len(ids):
+            raise ValueError("a job can be merged only once: the ids must be distinct")
+        return ids
+
+
+class LineageOut(BaseModel):
+    """Where a job's structure and rows come from."""
+
+    kind: Literal["train", "incremental", "merge", "sweep"] = Field(
+        description="`train` (a job of its own), `incremental` (a child of `parent_job_id`), `merge` or "
+                    "`sweep`.")
+    parent_job_id: str | None = Field(None, description="The job whose structure and weights it continues.")
+    structure_job_id: str | None = Field(None, description="The job that trained the frozen structure S.")
+    sources: list[str] = Field(default_factory=list, description="Merge: the jobs merged.")
+    rows: str | None = Field(None, description="Incremental: `union` or `own`.")
+    data: str | None = Field(None, description="Incremental: `new_rows` or `appended`.")
+    datasets: list[str] = Field(default_factory=list, description="Every dataset whose rows the model was "
+                                "fitted on, oldest first.")
+    rows_added: int | None = Field(None, description="Incremental: rows of this job's dataset that are new "
+                                   "(training and validation), once known.")
+    train_rows: int | None = Field(None, description="Training rows behind the model, once known.")
+
+
 class JobCreate(In):
     """A training request. Everything but `dataset_id` is optional; defaults come from glai_core."""
 
@@ -368,6 +477,20 @@ class JobCreate(In):
                     "`cpu`); only workers started for it (`glai worker --queues`) take the job. Default: "
                     "the first of GLAI_QUEUES.", examples=["cpu"])
     notify: NotifyIn | None = Field(None, description="Webhook for the job's final state; none by default.")
+    parent_job_id: str | None = Field(
+        None, min_length=1, max_length=64, description="A succeeded job of yours to continue: its frozen "
+        "structure is reused (no structural phase) and its path weights are refitted with this dataset's "
+        "rows (`incremental` says how). The dataset needs the parent's feature width and every class of the "
+        "parent (new classes get new outputs). The lineage is recorded in `lineage`.")
+    incremental: IncrementalIn | None = Field(None, description="With `parent_job_id`: how the rows are used "
+                                              "and how Θ is refitted. Default: union, new rows, auto.")
+    sweep: SweepIn | None = Field(None, description="Train a grid of heads in one batched pass; the best "
+                                  "GLAI head and the best MLP are kept as the job's models, every head is in "
+                                  "`summary.sweep`.")
+    keep_statistics: bool = Field(True, description="Keep the closed form's sufficient statistics (when they "
+                                  "fit GLAI_MAX_STATISTICS_BYTES) so that children and merges refit without "
+                                  "reading these rows again. Costs one pass over the training rows at "
+                                  "export.")
 
     @field_validator("tags")
     @classmethod
@@ -478,6 +601,9 @@ class JobBrief(Out):
     finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
     updated_at: datetime = Field(description="Last change (UTC).")
     summary: dict[str, Any] = Field(description="Results once known: accuracies, timings, parameter counts.")
+    parent_job_id: str | None = Field(None, description="The job this one continues (incremental), if any.")
+    kind: Literal["train", "incremental", "merge", "sweep"] = Field(
+        "train", description="`train`, `incremental` (see `parent_job_id`), `merge` or `sweep`.")
 
 
 class JobOut(JobBrief):
@@ -490,6 +616,7 @@ class JobOut(JobBrief):
     webhook_deliveries: list[WebhookDeliveryOut] = Field(
         default_factory=list, description="Notifications of its final states (with `notify`), oldest first.")
     links: JobLinks = Field(description="Related endpoints, relative to the API root.")
+    lineage: LineageOut = Field(description="Where its structure and rows come from.")
 
 
 class JobList(BaseModel):

@@ -76,13 +76,16 @@ def list_jobs(
                                             description="Only jobs on this dataset (its id).")] = None,
     name: Annotated[str | None, Query(min_length=1, max_length=256,
                                       description="Only jobs with exactly this name.")] = None,
+    parent_job_id: Annotated[str | None, Query(pattern="^[0-9a-f]{32}$",
+                                               description="Only the children of this job (incremental "
+                                               "jobs that continue it).")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> JobList:
     """Filters combine (all must hold); a page is `limit` jobs, newest first. Unknown parameters are a 422."""
     rows, next_cursor = jobs.list_owned(db, owner, state=state, created_after=created_after,
                                         created_before=created_before, dataset_id=dataset_id, name=name,
-                                        limit=limit, cursor=cursor)
+                                        parent_job_id=parent_job_id, limit=limit, cursor=cursor)
     return JobList(items=[job_brief(r) for r in rows], next_cursor=next_cursor)
 
 

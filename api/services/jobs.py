@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import JobCreate
-from api.services import datasets, limits, routing
+from api.services import datasets, limits, lineage, routing
 from api.services.pagination import as_utc, page, split_page
 from glai_common import jobs as job_repo
 from glai_common import webhooks
@@ -53,7 +53,7 @@ def build_spec(body: JobCreate, settings: Settings) -> tuple[dict[str, Any], int
         "precision": body.precision,
     })
     spec = {"config": config.to_dict(), "backbone": body.backbone,
-            "validation_fraction": body.validation_fraction}
+            "validation_fraction": body.validation_fraction, **lineage.request_fields(body)}
     # a deployment may lower the maximum below the default: the default must never be refused
     default = min(settings.default_job_time_limit_s, settings.max_job_time_limit_s)
     return spec, body.time_limit_s or default
@@ -106,6 +106,7 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
         raise not_found("dataset", body.dataset_id, "dataset_id")
     dataset = datasets.get_owned(db, owner, body.dataset_id, "dataset_id")
     datasets.check_backbone(dataset, body.backbone)
+    spec, parent = lineage.prepare(db, owner, body, dataset, spec, time_limit_s, settings)  # issue 17
     check_limits(spec, time_limit_s, dataset, settings)
     queue = routing.queue_of(body, settings)
     webhook_url = routing.webhook_url_of(body, settings)
@@ -113,6 +114,7 @@ def submit(db: Session, settings: Settings, owner: str, body: JobCreate,
         webhooks.secret_for(db, owner)  # the signing key exists before any delivery needs it
     job = Job(id=new_id(), owner=owner, dataset_id=dataset.id, name=body.name, tags=list(body.tags),
               state=QUEUED, spec=spec, time_limit_s=time_limit_s, queue=queue, priority=body.priority,
+              parent_job_id=None if parent is None else parent.id,
               webhook_url=webhook_url)
     db.add(job)
     db.add(JobTransition(job_id=job.id, field="state", from_value=None, to_value=QUEUED, reason="submitted"))
@@ -175,8 +177,11 @@ def get_owned(db: Session, owner: str, job_id: str) -> Job:
 
 def list_owned(db: Session, owner: str, *, state: str | None, created_after: datetime | None,
                created_before: datetime | None, limit: int, cursor: str | None,
-               dataset_id: str | None = None, name: str | None = None) -> tuple[list[Job], str | None]:
+               dataset_id: str | None = None, name: str | None = None,
+               parent_job_id: str | None = None) -> tuple[list[Job], str | None]:
     query = select(Job).where(Job.owner == owner)
+    if parent_job_id is not None:
+        query = query.where(Job.parent_job_id == parent_job_id)
     if dataset_id is not None:
         query = query.where(Job.dataset_id == dataset_id)
     if name is not None:
@@ -209,6 +214,10 @@ def delete(db: Session, storage: Storage, owner: str, job_id: str) -> None:
     if job.state not in FINAL_STATES:
         raise ApiError(409, f"job '{job_id}' is {job.state}; cancel it and wait until it has finished "
                             "before deleting it", "state")
+    child = db.scalar(select(Job.id).where(Job.parent_job_id == job.id, Job.state.not_in(FINAL_STATES)))
+    if child is not None:  # it reads this job's model and statistics when it runs
+        raise ApiError(409, f"job '{child}' continues job '{job_id}' and has not finished; delete this job "
+                            "once it has", "state")
     keys = [artifact.storage_key for artifact in job.artifacts]
     db.delete(job)
     db.commit()
