@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from glai_client import lineage_options
 from glai_client.cli_jobs import jobs_app, list_jobs
 from glai_client.cli_output import CursorOption, console, err
 from glai_client.cli_output import bad_input as _bad_input
@@ -120,12 +121,24 @@ def submit(
                                                    "(default: its first).")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="POSTed (signed) when the job ends; see "
                                                          "glai webhook-secret.")] = None,
+    parent: Annotated[str | None, typer.Option(help="Continue this job: reuse its frozen structure (no "
+                                                    "structural phase) and refit its path weights.")] = None,
+    rows: Annotated[str | None, typer.Option(help="With --parent: union (the parent's rows and this "
+                                                  "dataset's, default) or own (this dataset's only).")
+                    ] = None,
+    appended: Annotated[bool, typer.Option("--appended", help="With --parent: the dataset is the parent's "
+                                           "latest dataset with rows appended.")] = False,
+    phase2: Annotated[str | None, typer.Option(help="With --parent: auto, statistics (new rows only) or "
+                                                    "refit (the union).")] = None,
+    sweep: Annotated[list[str] | None, typer.Option(help="A grid in one job, KEY=V1,V2 with KEY lr, "
+                                                         "reduction_factor or seed; repeat per key.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""
     try:
         body = job_body(JobOptions(config, hidden, reduction_factor, structural_epochs, quantitative_epochs,
                                    baseline, pruning, sparsities, seed, time_limit, name, tuple(tag or ())))
+        body = lineage_options.apply(body, parent, rows, appended, phase2, list(sweep or []))
     except BadInput as exc:
         raise _bad_input(exc) from None
     if backbone:
@@ -141,6 +154,25 @@ def submit(
         with _client() as client:
             job = client.submit_job(dataset_id, body, idempotency_key=idempotency_key)
             console.print(f"job [bold]{job['id']}[/bold] {job['state']}")
+            if watch:
+                _watch(client, job["id"])
+    except GlaiError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def merge(
+    job_ids: Annotated[list[str], typer.Argument(help="Two or more jobs on one frozen structure.")],
+    method: Annotated[str, typer.Option(help="auto, summed_statistics or refit.")] = "auto",
+    name: Annotated[str | None, typer.Option(help="Your label for the merge job.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key: same key, same job.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the merge job until it ends.")] = False,
+) -> None:
+    """Merge jobs that share one structure into the model of all their data; prints the merge job's id."""
+    try:
+        with _client() as client:
+            job = client.merge_models(job_ids, method=method, name=name, idempotency_key=idempotency_key)
+            console.print(f"job [bold]{job['id']}[/bold] {job['state']} (merge of {len(job_ids)} jobs)")
             if watch:
                 _watch(client, job["id"])
     except GlaiError as exc:

@@ -176,13 +176,29 @@ class GlaiClient:
                    idempotency_key: str | None = None) -> Job:
         """``settings``: any of name, tags, architecture, structural, quantitative, pruning, baseline, seed,
         validation_fraction, time_limit_s, backbone (``minilm`` for text datasets, ``efficientnet-lite0``
-        for image datasets; see the API docs)."""
+        for image datasets), parent_job_id + incremental (continue a job's frozen structure), sweep (a
+        grid of heads in one pass); see the API docs."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"dataset_id": dataset_id, **(settings or {})}
         return cast(Job, self._request("POST", "/v1/jobs", json=body, headers=headers).json())
 
     def get_job(self, job_id: str) -> Job:
         return cast(Job, self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def merge_models(self, job_ids: list[str], method: str = "auto", name: str | None = None,
+                     idempotency_key: str | None = None) -> Job:
+        """Start a job that merges jobs sharing one frozen structure (``POST /v1/models/merge``); its
+        ``trained`` artifact is the model of all their data. ``method``: auto, summed_statistics or refit."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body: dict[str, Any] = {"job_ids": list(job_ids), "method": method}
+        if name:
+            body["name"] = name
+        return cast(Job, self._request("POST", "/v1/models/merge", json=body, headers=headers).json())
+
+    def children(self, job_id: str, limit: int = 200) -> list[Job]:
+        """The incremental jobs that continue ``job_id`` (newest first)."""
+        page = self._request("GET", "/v1/jobs", params={"parent_job_id": job_id, "limit": limit}).json()
+        return cast(list[Job], page["items"])
 
     def list_jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None,
                   created_after: str | None = None, created_before: str | None = None,
