@@ -23,6 +23,7 @@ from api.errors import ApiError
 from api.schemas import PredictIn, PredictOut
 from api.services import jobs
 from glai_common.models import Artifact
+from glai_core.artifacts import ArtifactError
 from glai_core.predict import PredictionError, Predictor
 
 MODEL_SUFFIX = ".safetensors"
@@ -75,7 +76,10 @@ def _load(services: Services, name: str, key: str, sha256: str) -> Predictor:
                 target.write(block)
         if digest.hexdigest() != sha256:
             raise ApiError(500, f"the stored file of model '{name}' does not match its sha256")
-        return Predictor.load(path)
+        try:
+            return Predictor.load(path)
+        except ArtifactError as exc:  # not a model this release can load (never unpickled)
+            raise ApiError(422, f"artifact '{name}' cannot be loaded as a model: {exc}", "artifact") from exc
     finally:
         os.unlink(path)
 

@@ -223,6 +223,15 @@ def test_a_job_without_models_says_why(api: Api) -> None:
     assert "the job is running" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("content", [b"not a model at all", b"\x80\x04\x95pickled"])
+def test_a_file_that_is_no_model_is_refused_by_name(api: Api, content: bytes) -> None:
+    job_id = insert_job(api, dataset_id(api), "succeeded", artifact=content)
+    response = _predict(api, job_id, rows=[[1, 2, 3, 4]])
+    assert response.status_code == 422 and response.json()["field"] == "artifact"
+    assert "cannot be loaded as a model" in response.json()["detail"]
+    assert len(api.services.model_cache) == 0
+
+
 def test_a_model_file_gone_from_storage_is_a_410(api: Api, job: str) -> None:
     api.services.storage.delete_prefix(f"jobs/{job}/trained.safetensors")
     response = _predict(api, job, rows=[[1, 2, 3, 4]])
