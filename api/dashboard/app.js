@@ -735,29 +735,94 @@
         h("h2", { text: g.title }), h("div", { class: "chart-grid" }, g.charts.map(lineChart)))));
   }
 
+  // Lineage (incremental children, merges, sweeps): where the structure and the rows come from.
+  function jobLink(id) {
+    return h("a", { href: `#/jobs/${id}`, class: "job-link mono", title: id, text: shortId(id) });
+  }
+
+  function factsList(facts) {
+    return h("dl", { class: "facts" }, facts.filter(([, v]) => v !== null && v !== undefined && v !== "")
+      .map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))));
+  }
+
+  function smallTable(caption, headers, rows) {
+    return h("div", { class: "table-scroll" }, h("table", { class: "lineage-table" },
+      h("caption", { text: caption }),
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
+  }
+
+  function lineageSection(job, children) {
+    const lineage = job.lineage || { kind: "train" };
+    const summary = job.summary || {};
+    const kids = (children || []).map((c) => h("span", { class: "child" }, jobLink(c.id), " ", badge(c.state)));
+    if (lineage.kind === "train" && !kids.length) return "";
+    const words = { train: "trained from scratch", incremental: "incremental (continues its parent's frozen structure)",
+      merge: "merge of jobs on one structure", sweep: "sweep (a grid of heads in one pass)" };
+    const info = summary.incremental || {};
+    const parts = [h("h2", { id: "lineage-title", text: "Lineage" }), factsList([
+      ["Kind", words[lineage.kind] || lineage.kind],
+      ["Parent", lineage.parent_job_id ? jobLink(lineage.parent_job_id) : null],
+      ["Structure from", lineage.structure_job_id && lineage.structure_job_id !== job.id ? jobLink(lineage.structure_job_id) : null],
+      ["Merged", lineage.sources && lineage.sources.length ? h("span", {}, ...lineage.sources.flatMap((s, i) => (i ? [", ", jobLink(s)] : [jobLink(s)]))) : null],
+      ["Rows used", lineage.rows ? (lineage.rows === "own" ? "its own dataset only" : "the parent's and its own") : null],
+      ["Dataset holds", lineage.data ? (lineage.data === "appended" ? "the parent's rows with rows appended" : "new rows only") : null],
+      ["Rows added", isNum(lineage.rows_added) ? lineage.rows_added.toLocaleString() : null],
+      ["Training rows", isNum(lineage.train_rows) ? lineage.train_rows.toLocaleString() : null],
+      ["Datasets", lineage.datasets && lineage.datasets.length > 1 ? h("span", { class: "mono", text: lineage.datasets.map(shortId).join(" → ") }) : null],
+      ["Path weights", info.mode ? `${info.mode}: ${info.why || ""}` : (summary.merge ? `${summary.merge.method}: ${summary.merge.what}` : null)],
+      ["Children", kids.length ? h("span", { class: "children" }, ...kids) : null],
+    ])];
+    if (info.parts && info.parts.length) {
+      parts.push(smallTable("Validation accuracy on each part", ["Dataset", "Rows", "Validation rows", "Accuracy"],
+        info.parts.map((p) => [h("span", { class: "mono", text: shortId(p.dataset_id) }), String(p.rows), String(p.val_rows), pct(p.val_accuracy)])));
+    }
+    if (summary.merge && summary.merge.parts) {
+      parts.push(smallTable("Each part's validation rows: the merged model and the job fitted on that part",
+        ["Job", "Dataset", "Validation rows", "Merged", "That job"],
+        summary.merge.parts.map((p) => [jobLink(p.job_id), h("span", { class: "mono", text: shortId(p.dataset_id) }),
+          String(p.val_rows), pct(p.merged_val_accuracy), pct(p.source_val_accuracy)])));
+    }
+    if (summary.sweep && summary.sweep.heads) {
+      const sweep = summary.sweep;
+      const front = new Set([...(sweep.front.glai || []), ...(sweep.front.mlp || [])]);
+      const best = new Set([sweep.best.glai, sweep.best.mlp]);
+      parts.push(smallTable("Heads (★ kept as the job's model, • on the accuracy / parameters / time front)",
+        ["Head", "Kind", "lr", "r", "Seed", "Widths", "Parameters", "Validation", "Seconds", ""],
+        sweep.heads.map((hd) => [`h${hd.id}`, hd.kind === "glai" ? "GLAI" : "MLP", String(hd.lr),
+          hd.reduction_factor === null || hd.reduction_factor === undefined ? "—" : String(hd.reduction_factor),
+          String(hd.seed), hd.hidden.join("×"), hd.params.toLocaleString(), pct(hd.val_accuracy),
+          seconds(hd.seconds), `${best.has(hd.id) ? "★" : ""}${front.has(hd.id) ? "•" : ""}`])));
+    }
+    return h("section", { class: "card lineage", "aria-labelledby": "lineage-title", "data-kind": lineage.kind }, ...parts);
+  }
+
   function jobView(root, id) {
     const view = {};
     root.replaceChildren(h("p", { class: "muted", text: "Loading…" }));
     const sig = { head: null, charts: null, artifacts: null };
-    const slots = { head: h("div"), summary: h("div"), charts: h("div"), artifacts: h("div"), timeline: h("div") };
+    const slots = { head: h("div"), lineage: h("div"), summary: h("div"), charts: h("div"), artifacts: h("div"),
+      timeline: h("div") };
     let first = true;
     async function refresh() {
-      const [job, curves] = await Promise.all([
+      const [job, curves, children] = await Promise.all([
         getJson(`/jobs/${encodeURIComponent(id)}`),
         getJson(`/jobs/${encodeURIComponent(id)}/curves?max_points=${MAX_POINTS}`),
+        getJson(`/jobs?parent_job_id=${encodeURIComponent(id)}&limit=50`).catch(() => ({ items: [] })),
       ]);
       if (first) {
         root.replaceChildren(h("nav", { class: "crumbs", "aria-label": "Breadcrumb" },
           h("a", { href: "#/", text: "Jobs" }), " / ", h("span", { class: "mono", text: shortId(job.id) })),
-        slots.head, slots.summary, slots.charts, slots.artifacts, slots.timeline);
+        slots.head, slots.lineage, slots.summary, slots.charts, slots.artifacts, slots.timeline);
         document.title = `Job ${shortId(job.id)} · GLAI`;
         first = false;
       }
       const summary = job.summary || {};
-      const headSig = JSON.stringify([job, ACTIVE.has(job.state) ? Date.now() : 0]);
+      const headSig = JSON.stringify([job, children.items, ACTIVE.has(job.state) ? Date.now() : 0]);
       if (headSig !== sig.head) {
         sig.head = headSig;
         slots.head.replaceChildren(headerSection(job));
+        slots.lineage.replaceChildren(lineageSection(job, children.items));
         slots.summary.replaceChildren(Object.keys(summary).length ? summarySection(summary) : "");
         slots.timeline.replaceChildren(timelineSection(job) || "");
       }
