@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from api.schemas import ErrorBody
 from glai_common import metrics_store
 from glai_common.jobs import ACTIVE_STATES, as_utc
 from glai_common.models import Job, WebhookDelivery, utcnow
@@ -197,7 +198,8 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"description": "The Prometheus text format, version 0.0.4.",
                              "content": {"text/plain": {"schema": {"type": "string"}}}},
-                       401: {"description": "GLAI_METRICS_TOKEN is set and the bearer token is not it."}})
+                       401: {"model": ErrorBody,
+                             "description": "GLAI_METRICS_TOKEN is set and the bearer token is not it."}})
 def metrics(request: Request) -> Response:
     """Jobs by state and queue, queue depth, job and phase durations, request latencies, worker
     heartbeats and webhook deliveries. Open unless GLAI_METRICS_TOKEN is set."""

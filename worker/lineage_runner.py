@@ -112,6 +112,21 @@ def _place(ctx: WorkerContext, parts: list[Any], classes: list[str], standardize
                        with_train) for p in parts]
 
 
+def _row_counts(ctx: WorkerContext, parts: list[Any], backbone: str | None, hooks: DatabaseHooks,
+                device: str) -> tuple[int, int]:
+    """(training rows, validation rows) of the parts, from their splits alone: what ``plan`` weighs before
+    any row is placed."""
+    from glai_core.parts import split
+
+    train = val = 0
+    for part in parts:
+        data = _load(ctx, part.dataset_id, backbone, hooks, device)
+        train_index, val_index = split(data, part)
+        train += len(train_index)
+        val += len(val_index) if val_index is not None else int(data.x_val.shape[0])
+    return train, val
+
+
 def check_appended(ctx: WorkerContext, part: Any, repeated: Any, backbone: str | None, hooks: DatabaseHooks,
                    device: str) -> None:
     """An appended dataset must start with the rows of the part it extends, byte for byte (labels by
@@ -186,7 +201,7 @@ def keep_root_statistics(ctx: WorkerContext, job_id: str, spec: dict[str, Any], 
     if not spec.get("keep_statistics", True):
         return
     if not statistics_fit(ctx, result.glai):
-        keep_statistics(ctx, job_id, spec, result.glai, None, [], hooks)  # says why not
+        keep_statistics(ctx, job_id, spec, result.glai, None, [], [], hooks)  # says why not
         return
     part = Part.from_dict(root_part(spec, dataset_id, config))
     classes = [str(c) for c in data.class_names]
@@ -229,7 +244,7 @@ def _incremental(ctx: WorkerContext, claimed: Any, config: Any, loaded: Any, hoo
                  device: str,
                  tmp: Path) -> tuple[Exported, Any]:
     from glai_core import statistics
-    from glai_core.incremental import Parent, choose_mode, run_incremental
+    from glai_core.incremental import Parent, plan, run_incremental
     from glai_core.parts import Part, concat, union_classes
 
     lineage = claimed.spec["lineage"]
@@ -244,15 +259,21 @@ def _incremental(ctx: WorkerContext, claimed: Any, config: Any, loaded: Any, hoo
     if parent.statistics is not None and [p.to_dict() for p in old] != parent.statistics.parts:
         hooks.reporter.log("the parent's statistics cover other rows than its lineage says: not used")
         parent = Parent(parent.block, parent.standardizer, parent.class_names, None)
-    mode, why = choose_mode(lineage.get("phase2", "auto"), config.quantitative.solver, parent.statistics,
-                            statistics.structure_digest(parent.block.structure))
-    hooks.reporter.log(f"incremental on job {lineage['parent_job_id']}'s structure: {mode} ({why})")
+    old_train, old_val = _row_counts(ctx, old, backbone, hooks, device)
+    new_train, new_val = _row_counts(ctx, new, backbone, hooks, device)
+    block = parent.block
+    chosen = plan(lineage.get("phase2", "auto"), config.quantitative, parent.statistics,
+                  statistics.structure_digest(block.structure), n_new=new_train,
+                  n_union=old_train + new_train, n_val=old_val + new_val, d=block.in_features,
+                  hidden=block.hidden, m=len(classes), device=device.split(":")[0])
+    mode = chosen.mode
+    hooks.reporter.log(f"incremental on job {lineage['parent_job_id']}'s structure: {mode} ({chosen.why})")
     if new[0].skip_rows:
         check_appended(ctx, new[0], old[-1], backbone, hooks, device)
     old_placed = _place(ctx, old, classes, parent.standardizer, backbone, hooks, device, mode == "refit")
     new_placed = _place(ctx, new, classes, parent.standardizer, backbone, hooks, device, True)
     result = run_incremental(parent, old_placed, new_placed, classes, config, hooks, mode,
-                             claimed.spec.get("keep_statistics", True))
+                             claimed.spec.get("keep_statistics", True), chosen_plan=chosen)
     summary = result.summary
     summary["class_names"] = classes
     summary["lineage"] = {"kind": "incremental", "parent_job_id": lineage["parent_job_id"],
