@@ -8,15 +8,18 @@ The parent's S (and its standardiser) is reused as it is: its gates decide the p
 * ``refit``: phase 2 (``solvers.quantitative_phase``, the job's solver) on the union of every part's training
   rows, warm-started from the parent's Θ.
 
-``auto`` takes ``statistics`` when the parent kept them and the job's phase-2 solver is ``auto`` or
-``ridge``, else ``refit``. Either way the phase starts from the parent's Θ (step 0) and keeps the best point
-on the union's validation rows, so it never ends below the parent. A superset of classes gets new output
-rows: zero in S's head and in Θ (``grow_classes``).
+``auto`` (``plan``) takes ``statistics`` where the closed form applies -- the job's phase 2 is the closed
+form (``ridge``) -- and the statistics are the cheaper way to it; a first-order phase 2 (L-BFGS or Adam on
+cross-entropy, what ``auto`` picks for most data) needs every row, so it runs on the union, from the
+parent's weights. Either way the phase starts from the parent's Θ (step 0) and keeps the best point on the
+union's validation rows, so it never ends below the parent. A superset of classes gets new output rows:
+zero in S's head and in Θ (``grow_classes``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +28,12 @@ import torch
 
 from glai_core import statistics as stats_lib
 from glai_core.checkpoint import phase_path
-from glai_core.config import TrainConfig
+from glai_core.config import QuantitativeConfig, TrainConfig
+from glai_core.cost_model import choose_phase2, choose_ridge_method, ridge_costs
 from glai_core.defaults import quantitative_settings
 from glai_core.hooks import Hooks
 from glai_core.metrics import evaluate
-from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count
+from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count, theta_shape
 from glai_core.parts import PlacedPart, concat
 from glai_core.preprocess import Standardizer
 from glai_core.solvers import quantitative_phase
@@ -90,34 +94,74 @@ def grow_classes(block: GLAIBlock, m: int) -> GLAIBlock:
     return grown
 
 
-def choose_mode(requested: str, solver: str, parent_statistics: stats_lib.Statistics | None,
-                parent_digest: str) -> tuple[str, str]:
-    """(mode, why). ``statistics`` needs the parent's sums, under this very structure."""
+@dataclass(frozen=True)
+class Plan:
+    """How a child refits Θ: ``mode`` (statistics or refit), why, and the phase-2 solver a refit runs."""
+
+    mode: str
+    why: str
+    solver: str
+
+
+def plan(requested: str, cfg: QuantitativeConfig, parent_statistics: stats_lib.Statistics | None,
+         parent_digest: str, *, n_new: int, n_union: int, n_val: int, d: int, hidden: list[int], m: int,
+         device: str = "cpu") -> Plan:
+    """Choose between the closed form from the statistics and phase 2 on the union (see the module doc).
+
+    ``auto``: the statistics where the job's phase 2 is the closed form (``ridge``, or ``auto`` resolving to
+    it) and they are the cheaper way to it (N_new D^2 + one D^3/3 factorisation per lambda against the
+    cheaper exact solve of the union, by ``cost_model.ridge_costs``). Otherwise phase 2 runs on the union:
+    the job's solver, where ``auto`` means the first-order method it picks for the union (L-BFGS or Adam)
+    from the parent's Θ, without a closed form first: the parent's weights are already a fitted start."""
     if requested not in MODES:
         raise ValueError(f"unknown incremental mode {requested!r}: one of {', '.join(MODES)}")
     usable = parent_statistics is not None and parent_statistics.structure == parent_digest
-    if requested == "refit":
-        return "refit", "asked for: phase 2 on the union of every part's rows"
+    cfg = quantitative_settings(cfg, n_union)  # the budgets phase 2 would run with on the union
+    solver = cfg.solver
+    if solver == "auto":
+        solver = choose_phase2(n_union, n_val, d, hidden, m, cfg, device)[0].split("+")[-1]
     if requested == "statistics":
         if not usable:
             raise ValueError("the parent kept no sufficient statistics (its path features did not fit "
                              "GLAI_MAX_STATISTICS_BYTES, or it ran without them): use mode 'refit'")
-        return "statistics", "asked for: the closed form from the parent's statistics plus the new rows'"
+        return Plan("statistics", "asked for: the closed form from the parent's statistics plus the new "
+                                  "rows'", "statistics")
+    if requested == "refit":
+        return Plan("refit", f"asked for: phase 2 ({solver}) on the union of every part's rows", solver)
+    if solver != "ridge":
+        return Plan("refit", f"the job's phase 2 is {solver} on cross-entropy, which needs every row: run on "
+                             "the union from the parent's weights", solver)
     if not usable:
-        return "refit", "the parent kept no sufficient statistics: phase 2 on the union of every part's rows"
-    if solver not in ("auto", "ridge"):
-        return "refit", f"the job asks for the {solver} solver: phase 2 on the union of every part's rows"
-    return "statistics", "the parent kept sufficient statistics: closed form on the union, new rows only"
+        return Plan("refit", "the parent kept no sufficient statistics: the closed form on the union's rows",
+                    solver)
+    dim = math.prod(theta_shape(d, hidden, m)[1:]) + 1
+    lambdas = len(cfg.ridge_lambdas)
+    from_statistics = n_new * dim * dim + lambdas * dim**3 / 3
+    costs = ridge_costs(n_union, n_val, d, hidden, m, lambdas)
+    union = choose_ridge_method(costs, cfg.max_normal_matrix_bytes)
+    if union is not None and union.flops < from_statistics:
+        return Plan("refit", f"the closed form of the union's rows ({union.method}, {union.flops:.2g} "
+                             f"flops) is cheaper than from the statistics ({from_statistics:.2g})", solver)
+    return Plan("statistics", "the parent kept sufficient statistics: the closed form on the union from the "
+                              "new rows only", "statistics")
 
 
 def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list[PlacedPart],
                     class_names: list[str], config: TrainConfig, hooks: Hooks, mode: str = "auto",
-                    keep_statistics: bool = True) -> IncrementalResult:
+                    keep_statistics: bool = True, chosen_plan: Plan | None = None) -> IncrementalResult:
     """Refit Θ on the parent's structure for old + new parts (``old_parts`` may lack training rows in
-    statistics mode). Reports one phase, ``quantitative``."""
+    statistics mode). Reports one phase, ``quantitative``. ``chosen_plan``: the caller's ``plan`` (made
+    before placing the rows, to know whether the old parts' training rows are needed)."""
     started = time.monotonic()
-    digest = stats_lib.structure_digest(parent.block.structure)
-    chosen, why = choose_mode(mode, config.quantitative.solver, parent.statistics, digest)
+    if chosen_plan is None:
+        block0 = parent.block
+        chosen_plan = plan(mode, config.quantitative, parent.statistics,
+                           stats_lib.structure_digest(block0.structure),
+                           n_new=sum(p.train_rows for p in new_parts),
+                           n_union=sum(p.train_rows for p in old_parts + new_parts),
+                           n_val=sum(len(p.val) for p in old_parts + new_parts), d=block0.in_features,
+                           hidden=block0.hidden, m=len(class_names), device=block0.theta.device.type)
+    chosen, why = chosen_plan.mode, chosen_plan.why
     block = grow_classes(parent.block, len(class_names))
     block.set_theta_mask(None)  # a pruned parent's zeros are no constraint on its child
     val = concat([p.val for p in old_parts + new_parts])
@@ -138,7 +182,9 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
         if missing:
             raise ValueError(f"refit needs the training rows of every part (missing: {missing})")
         train = concat([p.train for p in old_parts + new_parts if p.train is not None])
-        quant = quantitative_phase(block, train, val, config.quantitative, hooks,
+        quantitative = copy.deepcopy(config.quantitative)
+        quantitative.solver = chosen_plan.solver  # type: ignore[assignment]
+        quant = quantitative_phase(block, train, val, quantitative, hooks,
                                    phase_path(hooks.checkpoint_dir, PHASE), config.seed)
         block = quant.model  # type: ignore[assignment]
         history, solver, stopped_by = quant.history, str(quant.extra.get("solver")), quant.stopped_by
@@ -210,5 +256,5 @@ def _statistics_phase(block: GLAIBlock, parent_stats: stats_lib.Statistics, new_
     return history, total, solution
 
 
-__all__ = ["MODES", "IncrementalResult", "Parent", "choose_mode", "grow_classes", "grow_structure",
+__all__ = ["MODES", "IncrementalResult", "Parent", "Plan", "grow_classes", "grow_structure", "plan",
            "run_incremental"]

@@ -17,7 +17,7 @@ from glai_core import statistics as stats_lib
 from glai_core.config import TrainConfig
 from glai_core.data import LoadedData, builtin
 from glai_core.hooks import RecordingHooks
-from glai_core.incremental import Parent, choose_mode, grow_classes, run_incremental
+from glai_core.incremental import Parent, Plan, grow_classes, plan, run_incremental
 from glai_core.merge import MergeError, Source, merge
 from glai_core.metrics import evaluate
 from glai_core.model import GLAIBlock, StructuralMLP
@@ -147,7 +147,7 @@ def test_incremental_statistics_use_only_the_new_rows_and_match_the_union_fit(di
     parent = Parent(parent_block, standardizer, names, parent_stats)
     config = TrainConfig()
     hooks = RecordingHooks()
-    result = run_incremental(parent, [old_val_only], [new], names, config, hooks)
+    result = run_incremental(parent, [old_val_only], [new], names, config, hooks, mode="statistics")
     info = result.summary["incremental"]
     assert info["mode"] == "statistics" and info["new_train_rows"] == len(new.train)
     assert info["rows_added"] == len(new.train) + len(new.val)
@@ -204,7 +204,7 @@ def test_a_superset_of_classes_gets_new_output_rows(digits: LoadedData) -> None:
     new = _placed(new_data, "new", standardizer, classes)
     result = run_incremental(Parent(parent_block, standardizer, old_names, parent_stats),
                              [place_part(old_data, old.part, classes, standardizer, with_train=False)], [new],
-                             classes, TrainConfig(), RecordingHooks())
+                             classes, TrainConfig(), RecordingHooks(), mode="statistics")
     assert result.glai.out_features == 10
     assert result.summary["incremental"]["classes_added"] == [str(c) for c in range(5, 10)]
     assert result.summary["glai_accuracy"] > 0.5
@@ -246,14 +246,31 @@ def test_the_structure_digest_ignores_the_head_and_sees_the_hidden_layers() -> N
 
 
 def test_modes_are_chosen_from_what_the_parent_kept() -> None:
+    from glai_core.config import QuantitativeConfig
+
     sums = stats_lib.Statistics(torch.eye(3, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64), 1,
                                 ["a", "b"], "abc")
-    assert choose_mode("auto", "auto", sums, "abc")[0] == "statistics"
-    assert choose_mode("auto", "lbfgs", sums, "abc")[0] == "refit"
-    assert choose_mode("auto", "auto", None, "abc")[0] == "refit"
-    assert choose_mode("auto", "auto", sums, "other")[0] == "refit"
+    shape = {"n_new": 400, "n_union": 800, "n_val": 200, "d": 8, "hidden": [4], "m": 2}
+
+    def chosen(requested: str, solver: str, statistics: object, digest: str) -> Plan:
+        return plan(requested, QuantitativeConfig(solver=solver), statistics, digest, **shape)  # type: ignore
+
+    # The closed form from the statistics where the job's phase 2 is the closed form and they are kept...
+    assert chosen("auto", "ridge", sums, "abc").mode == "statistics"
+    # ...and not where they are missing or of another structure.
+    assert chosen("auto", "ridge", None, "abc").mode == "refit"
+    assert chosen("auto", "ridge", sums, "other").mode == "refit"
+    # A cross-entropy phase 2 needs every row: the union, with the solver auto picks for it.
+    first_order = chosen("auto", "lbfgs", sums, "abc")
+    assert (first_order.mode, first_order.solver) == ("refit", "lbfgs")
+    resolved = chosen("auto", "auto", sums, "abc")
+    assert resolved.mode == "refit" and resolved.solver in ("lbfgs", "adam")
+    assert chosen("refit", "ridge", sums, "abc").mode == "refit"
+    assert chosen("statistics", "lbfgs", sums, "abc").mode == "statistics"
     with pytest.raises(ValueError, match="no sufficient statistics"):
-        choose_mode("statistics", "auto", None, "abc")
+        chosen("statistics", "auto", None, "abc")
+    with pytest.raises(ValueError, match="unknown incremental mode"):
+        chosen("sometimes", "auto", sums, "abc")
 
 
 def test_splits_reproduce_the_root_jobs_hold_out(digits: LoadedData) -> None:

@@ -80,7 +80,8 @@ def _flow(client: GlaiClient, tmp: Path, storage: Path) -> None:
     assert (storage / f"jobs/{parent['id']}/statistics.safetensors").is_file()
     assert "statistics.safetensors" not in {a["name"] for a in parent["artifacts"]}
 
-    child = _done(client, client.submit_job(ds_b, {"parent_job_id": parent["id"]}))
+    child = _done(client, client.submit_job(ds_b, {"parent_job_id": parent["id"],
+                                                   "incremental": {"phase2": "statistics"}}))
     assert _phases(child)[:1] == ["quantitative"] and "structural" not in _phases(child)  # no phase 1
     info = child["summary"]["incremental"]
     assert info["mode"] == "statistics" and info["statistics_rows"] == info["train_rows"]
