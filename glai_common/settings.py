@@ -59,7 +59,6 @@ class Settings(BaseSettings):
         default=32 * 1024**3, ge=1, description="Size bound of the staging cache: least recently used "
         "entries are evicted to stay under it; an entry larger than the bound fails its job.")
 
-
     max_upload_bytes: int = 512 * 1024**2
     max_decompressed_bytes: int | None = Field(
         default=None, ge=1, description="Most bytes an upload may unfold into: an npz's decompressed members "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -28,6 +29,9 @@ from glai_core.predict import PredictionError, Predictor
 
 MODEL_SUFFIX = ".safetensors"
 CHUNK = 1024 * 1024
+# One embedding at a time per process: the backbone's fast tokenizer refuses concurrent calls from several
+# threads ("Already borrowed"), and the embedding uses every core anyway.
+_EMBEDDING = threading.Lock()
 
 
 def _model_artifact(db: Session, owner: str, job_id: str, name: str) -> Artifact:
@@ -116,7 +120,11 @@ def predict(db: Session, services: Services, owner: str, job_id: str, body: Pred
                                                     lambda: _load(services, name, key, sha256))
     inputs: Any = _rows(predictor, body.rows) if field == "rows" else _texts(predictor, body.texts or [])
     try:
-        probabilities = predictor.predict_proba(inputs)
+        if field == "texts":
+            with _EMBEDDING:
+                probabilities = predictor.predict_proba(inputs)
+        else:
+            probabilities = predictor.predict_proba(inputs)
     except PredictionError as exc:
         raise ApiError(422, str(exc), field) from exc
     names = predictor.class_names

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,19 @@ def test_text_dataset_trains_with_minilm_reuses_the_cache_and_predicts_raw_texts
         texts = [text for text, _ in split.test]
         truth = [label for _, label in split.test]
         labels = client.predict(first["id"], texts, directory=tmp_path / "models")
-        # The same raw texts, embedded and classified by the API process (offline, like the worker).
+        # The same raw texts, embedded and classified by the API process (offline, like the worker),
+        # also by several requests at once (one tokenizer per process).
         remote = client.predict_remote(first["id"], texts=texts)
+        def remote_classes(part: list[str]) -> list[str]:
+            with service.client() as own:
+                return own.predict_remote(first["id"], texts=part)["classes"]
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(remote_classes, [texts[i::4] for i in range(4)]))
     assert _accuracy(labels, truth) >= 0.65, (split.source, _accuracy(labels, truth))
     assert Predictor.load(model).predict(texts) == labels
     assert remote["classes"] == labels and remote["class_names"] == ["negative", "positive"]
+    assert answers == [labels[i::4] for i in range(4)]
     expected = Predictor.load(model).predict_proba(texts)
     assert max(abs(p - e) for row, want in zip(remote["probabilities"], expected, strict=True)
                for p, e in zip(row, want, strict=True)) < 1e-5
