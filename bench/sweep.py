@@ -1,0 +1,111 @@
+"""A sweep of K heads in one pass against one head alone, side by side (issue 17's bar: K=8 <= 3x one head).
+
+For each task, kind (GLAI, MLP) and repeat, interleaved: ``run_sweep`` with one head (the job's own lr and
+seed) and with K heads (a grid of learning rates x seeds), on the same split, device and thread count.
+Wall time covers the whole sweep as a job runs it (placing rows, every head's training and early stopping,
+the best GLAI head's finishing phase 2). A sequential sweep would cost about K times one head.
+
+    python -m bench.sweep --tasks digits,mnist-5k,hpc --repeats 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as stat
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glai_core.config import TrainConfig
+from glai_core.data import LoadedData
+from glai_core.hooks import Hooks
+from glai_core.sweep import run_sweep
+
+TIME_BAR = 3.0
+GRID = {"lr": [3e-4, 1e-3, 3e-3, 1e-2], "seed": [0, 1]}  # K = 8
+ONE = {"lr": [1e-3], "seed": [0]}
+
+
+def load_task(name: str) -> LoadedData:
+    from bench.suite_data import by_name
+
+    table = by_name()[name].load()
+    return LoadedData(np.asarray(table.x, dtype=np.float32), np.asarray(table.y, dtype=np.int64),
+                      class_names=[str(c) for c in table.class_names])
+
+
+def config(device: str) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.device = device
+    cfg.pruning.enabled = False
+    return cfg
+
+
+def timed(data: LoadedData, kind: str, grid: dict[str, list[Any]], device: str) -> dict[str, Any]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = run_sweep(data, config(device), grid, Hooks(), kinds=(kind,))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    accuracies = [h.val_accuracy for h in result.heads]
+    return {"seconds": seconds, "heads": len(result.heads), "best": max(accuracies),
+            "accuracies": accuracies}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="digits,mnist-5k,hpc")
+    parser.add_argument("--kinds", default="glai,mlp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.device}, {torch.get_num_threads()} torch threads of {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start (torch {torch.__version__})")
+    run_sweep(load_task("iris"), config(args.device), ONE, Hooks(), kinds=("glai",))  # one-off set-up
+    rows: list[dict[str, Any]] = []
+    for name in args.tasks.split(","):
+        data = load_task(name)
+        for kind in args.kinds.split(","):
+            for repeat in range(args.repeats):
+                one = timed(data, kind, ONE, args.device)  # interleaved: one, then eight, each repeat
+                many = timed(data, kind, GRID, args.device)
+                row = {"task": name, "kind": kind, "repeat": repeat, "one_s": one["seconds"],
+                       "k": many["heads"], "k_s": many["seconds"], "ratio": many["seconds"] / one["seconds"],
+                       "one_accuracy": one["best"], "k_best_accuracy": many["best"],
+                       "k_accuracies": many["accuracies"]}
+                rows.append(row)
+                print(f"{name:10s} {kind:4s} repeat {repeat}: one head {row['one_s']:6.2f} s "
+                      f"({row['one_accuracy']:.4f}) | {row['k']} heads {row['k_s']:6.2f} s (best "
+                      f"{row['k_best_accuracy']:.4f})  ratio {row['ratio']:.2f}", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'task':10s} {'kind':4s} {'one s':>7s} {'K':>2s} {'K s':>7s} {'ratio':>6s} {'one acc':>8s} "
+          f"{'best of K':>9s}  bar (K=8 <= {TIME_BAR:.0f}x one head)")
+    for name in args.tasks.split(","):
+        for kind in args.kinds.split(","):
+            group = [r for r in rows if r["task"] == name and r["kind"] == kind]
+            ratio = stat.median(r["ratio"] for r in group)
+            print(f"{name:10s} {kind:4s} {stat.median(r['one_s'] for r in group):7.2f} {group[0]['k']:2d} "
+                  f"{stat.median(r['k_s'] for r in group):7.2f} {ratio:6.2f} "
+                  f"{stat.median(r['one_accuracy'] for r in group):8.4f} "
+                  f"{stat.median(r['k_best_accuracy'] for r in group):9.4f}  "
+                  f"{'pass' if ratio <= TIME_BAR else 'FAIL'}")
+    ratios = [r["ratio"] for r in rows]
+    print(f"(medians over {args.repeats} repeats; geometric mean of every ratio "
+          f"{float(np.exp(np.mean(np.log(ratios)))):.2f}x)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
