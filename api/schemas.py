@@ -340,10 +340,10 @@ class IncrementalIn(In):
     phase2: Literal["auto", "statistics", "refit"] = Field(
         "auto", description="`statistics`: the closed form from the parent's sufficient statistics plus the "
         "new rows' (only the new rows are read; needs the parent's statistics); `refit`: phase 2 with "
-        "`quantitative.solver` on the union of every part's rows; `auto`: `statistics` where the job's phase 2 is "
-        "the closed form (`quantitative.solver: ridge`), the parent kept them and they are the cheaper way to "
-        "it; otherwise `refit`, with the first-order solver `auto` picks for the union (a cross-entropy fit "
-        "needs every row), from the parent's weights.")
+        "`quantitative.solver` on the union of every part's rows; `auto`: `statistics` where the job's "
+        "phase 2 is the closed form (`quantitative.solver: ridge`), the parent kept them and they are the "
+        "cheaper way to it; otherwise `refit`, with the first-order solver `auto` picks for the union (a "
+        "cross-entropy fit needs every row), from the parent's weights.")
 
 
 _SWEEP_LR = Annotated[float, Field(gt=0, le=10)]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from glai_common.job_kinds import KINDS, kind_of
 from glai_common.models import Artifact, Dataset
 from worker.context import WorkerContext
 from worker.datasets import DatasetInfo, load_training_data
@@ -30,17 +31,6 @@ from worker.hooks import DatabaseHooks
 from worker.job_config import job_config
 
 STATISTICS = "statistics.safetensors"
-KINDS = ("train", "incremental", "merge", "sweep")
-
-
-def kind_of(spec: dict[str, Any]) -> str:
-    if spec.get("merge"):
-        return "merge"
-    if spec.get("lineage"):
-        return "incremental"
-    if spec.get("sweep"):
-        return "sweep"
-    return "train"
 
 
 def statistics_key(job_id: str) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import IncrementalIn, JobCreate, LineageOut
+from glai_common.job_kinds import kind_of
 from glai_common.models import Artifact, Dataset, Job
 from glai_common.settings import Settings
 from glai_common.states import SUCCEEDED
@@ -28,17 +29,6 @@ from glai_core.parts import Part
 
 FIXED_BY_STRUCTURE = ("architecture", "structural")
 NOT_IN_A_CHILD = ("pruning", "baseline")
-
-
-def kind_of(spec: dict[str, Any]) -> str:
-    """The same reading as the worker's (``worker.lineage_runner.kind_of``)."""
-    if spec.get("merge"):
-        return "merge"
-    if spec.get("lineage"):
-        return "incremental"
-    if spec.get("sweep"):
-        return "sweep"
-    return "train"
 
 
 def validation_fraction(spec: dict[str, Any]) -> float:
