@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -41,7 +41,8 @@ class Services:
             self.model_cache = ModelCache(settings.predict_cache_models, settings.predict_cache_bytes)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: a sync dependency costs every request a hop to a worker thread."""
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -82,28 +83,49 @@ def current_owner(
     then, and this keeps a hand-started ``uvicorn --host 0.0.0.0`` from handing everything to anyone.
     """
     if not services.settings.auth_enabled:
-        if not _is_local(request):
-            raise ApiError(401, "this server runs without API keys (GLAI_AUTH_ENABLED=false) and so only "
-                                "answers local connections", headers={"WWW-Authenticate": "Bearer"})
-        return LOCAL_OWNER
-    challenge = {"WWW-Authenticate": "Bearer"}
-    client = client_key(request.client.host if request.client else None)
-    wait_s = services.auth_failures.retry_after(client)
+        return local_owner(request)
+    key = presented_key(request, services, credentials)
+    # A short session of its own: the connection goes back to the pool before the endpoint runs.
+    with services.sessions() as auth_session:
+        owner = api_keys.owner_for_key(auth_session, key)
+    if owner is None:
+        refuse_key(request, services)
+    return owner
+
+
+def local_owner(request: Request) -> str:
+    """Auth disabled: the one local owner, for local peers only."""
+    if not _is_local(request):
+        raise ApiError(401, "this server runs without API keys (GLAI_AUTH_ENABLED=false) and so only "
+                            "answers local connections", headers={"WWW-Authenticate": "Bearer"})
+    return LOCAL_OWNER
+
+
+def presented_key(request: Request, services: Services,
+                  credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The bearer key, once the address is not locked out for failed attempts; 401 when there is none."""
+    wait_s = services.auth_failures.retry_after(_client(request))
     if wait_s:  # whatever the key: a right one answered differently would let the guessing go on
         raise ApiError(429, f"too many failed API-key attempts from this address; retry in {wait_s} s "
                             "(GLAI_AUTH_FAILURE_LIMIT)", "Authorization",
                        headers={"Retry-After": str(wait_s)})
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
-    # A short session of its own: the connection goes back to the pool before the endpoint runs.
-    with services.sessions() as auth_session:
-        owner = api_keys.owner_for_key(auth_session, credentials.credentials)
-    if owner is None:
-        services.auth_failures.record_failure(client)
-        raise ApiError(401, "invalid or revoked API key", headers=challenge)
-    return owner
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return credentials.credentials
+
+
+def refuse_key(request: Request, services: Services) -> NoReturn:
+    """A key that is unknown, malformed or revoked: one more failed attempt, and the same 401 for all."""
+    services.auth_failures.record_failure(_client(request))
+    raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _client(request: Request) -> str:
+    return client_key(request.client.host if request.client else None)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 DbDep = Annotated[Session, Depends(get_db)]
 OwnerDep = Annotated[str, Depends(current_owner)]

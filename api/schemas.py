@@ -608,6 +608,25 @@ class JobBrief(Out):
         "train", description="`train`, `incremental` (see `parent_job_id`), `merge` or `sweep`.")
 
 
+class JobStatus(Out):
+    """What a poller needs and nothing more: `GET /v1/jobs/{id}/status`."""
+
+    id: str = Field(description="Job id (32 hex characters).")
+    state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
+    phase: str | None = Field(description="While running: the current phase.")
+    progress: float = Field(description="Fraction of the current phase done, 0..1.")
+    epoch: int | None = Field(description="Current epoch within the phase, if any.")
+    cancel_requested: bool = Field(description="A cancel was asked for and not yet honoured.")
+    failure_kind: str | None = Field(description="When failed: user_error, gpu_oom, timeout, worker_lost "
+                                     "or internal.")
+    failure_message: str | None = Field(description="When failed: what happened.")
+    attempts: int = Field(description="Times a worker started it.")
+    created_at: datetime = Field(description="Submission time (UTC).")
+    started_at: datetime | None = Field(description="First start (UTC).")
+    finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
+    updated_at: datetime = Field(description="Last change (UTC).")
+
+
 class JobOut(JobBrief):
     """A job with its spec, history, results and links."""
 

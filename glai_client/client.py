@@ -185,6 +185,16 @@ class GlaiClient:
     def get_job(self, job_id: str) -> Job:
         return cast(Job, self._request("GET", f"/v1/jobs/{job_id}").json())
 
+    def job_status(self, job_id: str, etag: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+        """The lean status (state, phase, progress, times) and its ETag; ``(None, etag)`` when ``etag`` is
+        still current (the server answered 304)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        response = self._request("GET", f"/v1/jobs/{job_id}/status", headers=headers)
+        tag = response.headers.get("ETag")
+        if response.status_code == 304:
+            return None, tag or etag
+        return cast(dict[str, Any], response.json()), tag
+
     def merge_models(self, job_ids: list[str], method: str = "auto", name: str | None = None,
                      idempotency_key: str | None = None) -> Job:
         """Start a job that merges jobs sharing one frozen structure (``POST /v1/models/merge``); its
@@ -225,14 +235,20 @@ class GlaiClient:
 
         ``on_update`` gets each polled job as JSON; ``on_progress`` the same reading `glai watch` draws
         (``glai_client.progress.JobProgress``: state, current phase, fraction, step, every phase's
-        fraction; ``.line()`` for one line of text)."""
+        fraction; ``.line()`` for one line of text). Each poll is a conditional ``GET .../status``; the
+        whole job is fetched only when its status changed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        etag: str | None = None
+        job: Job | None = None
         while True:
-            job = self.get_job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if on_progress is not None:
-                on_progress(job_progress(job))
+            # The lean status, revalidated with its ETag: the whole job is read only when it moved.
+            status, etag = self.job_status(job_id, etag)
+            if status is not None or job is None:
+                job = self.get_job(job_id)
+                if on_update is not None:
+                    on_update(job)
+                if on_progress is not None:
+                    on_progress(job_progress(job))
             if job["state"] in FINAL_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AfterValidator, BeforeValidator
 
-from api.deps import DbDep, OwnerDep, ServicesDep
+from api.deps import BearerDep, DbDep, OwnerDep, Services, ServicesDep, local_owner, presented_key, refuse_key
+from api.errors import not_found
 from api.presenters import job_brief, job_out
 from api.routes.common import errors
-from api.schemas import JobCreate, JobList, JobOut, JobResume
-from api.services import jobs, resume
+from api.schemas import JobCreate, JobList, JobOut, JobResume, JobStatus
+from api.services import api_keys, job_status, jobs, resume
 from glai_common.states import STATES
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -89,9 +93,56 @@ def list_jobs(
     return JobList(items=[job_brief(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
-def get_job(job_id: str, db: DbDep, owner: OwnerDep) -> JobOut:
-    return job_out(jobs.get_owned(db, owner, job_id))
+IfNoneMatch = Annotated[str | None, Header(max_length=1024, description="An `ETag` this job sent before: "
+                                            "304 with no body while it still holds.")]
+NOT_MODIFIED = {304: {"description": "Not modified: the `If-None-Match` tag still holds (no body)."}}
+
+
+def _tagged(body: bytes, tag: str, if_none_match: str | None) -> Response:
+    """304 when the client's tag still holds, else the body; no-cache: revalidate on every poll."""
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if job_status.matches(if_none_match, tag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job",
+            responses={**NOT_MODIFIED, **errors(404)})
+def get_job(job_id: str, db: DbDep, owner: OwnerDep, if_none_match: IfNoneMatch = None) -> Response:
+    """Everything about the job. Its `ETag` changes with any part of it; send it back as `If-None-Match`
+    to get a 304 while nothing changed. To poll progress, `GET /v1/jobs/{job_id}/status` is lighter."""
+    body = job_out(jobs.get_owned(db, owner, job_id)).model_dump_json().encode()
+    return _tagged(body, job_status.body_etag(body), if_none_match)
+
+
+@router.get("/{job_id}/status", response_model=JobStatus, summary="Poll a job's status",
+            responses={**NOT_MODIFIED, **errors(404)})
+async def get_job_status(job_id: str, request: Request, services: ServicesDep, credentials: BearerDep,
+                         if_none_match: IfNoneMatch = None) -> Response:
+    """State, phase, progress and times only: no spec, history, summary or artifacts. One database read
+    (the API key is checked in the same statement, so a revoked key fails at once), with a weak `ETag`:
+    poll with `If-None-Match` and get 304 until something moves."""
+    row = await anyio.to_thread.run_sync(partial(_status_row, request, services, credentials, job_id))
+    body = JobStatus.model_validate(row).model_dump_json().encode()
+    return _tagged(body, job_status.etag(row), if_none_match)
+
+
+def _status_row(request: Request, services: Services, credentials: HTTPAuthorizationCredentials | None,
+                job_id: str) -> dict[str, Any]:
+    auth = services.settings.auth_enabled
+    owner = None if auth else local_owner(request)
+    key = presented_key(request, services, credentials) if auth else ""
+    known = jobs.looks_like_id(job_id)
+    with services.sessions() as db:
+        if owner is not None:
+            row = job_status.read_by_owner(db, owner, job_id) if known else None
+        else:
+            row = job_status.read_by_key(db, api_keys.hash_key(key), job_id) if known else None
+            if row is None and api_keys.owner_for_key(db, key) is None:  # a bad key, not a missing job
+                refuse_key(request, services)
+    if row is None:
+        raise not_found("job", job_id)
+    return row
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=errors(404))
