@@ -46,6 +46,8 @@ def serve(
                         ] = None,
     worker: Annotated[bool, typer.Option(help="Also run a training worker.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API processes (uvicorn --workers): more "
+                                                              "serve more status polls at once.")] = 1,
 ) -> None:
     """Run migrations, then the API and a worker, until Ctrl-C."""
     import os
@@ -54,7 +56,8 @@ def serve(
 
     if data_dir is not None:
         os.environ["GLAI_DATA_DIR"] = str(data_dir.resolve())
-    options = launcher.ServeOptions(host=host, port=port, worker=worker, log_level=log_level)
+    options = launcher.ServeOptions(host=host, port=port, worker=worker, log_level=log_level,
+                                    api_workers=workers)
     code = launcher.run(options, console)
     raise typer.Exit(code)
 

@@ -89,6 +89,7 @@ class ServeOptions:
     port: int
     worker: bool
     log_level: str
+    api_workers: int = 1  # uvicorn processes serving the API
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -166,7 +167,8 @@ def run(options: ServeOptions, console: Console) -> int:
             worker.start()
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", options.host,
-             "--port", str(options.port), "--log-level", options.log_level], env=env)
+             "--port", str(options.port), "--log-level", options.log_level,
+             "--workers", str(options.api_workers)], env=env)
         host = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{host}:{options.port}"
         if _wait_healthy(url, api):
