@@ -34,8 +34,12 @@ class Services:
     auth_failures: FailedAuthLimiter = field(default_factory=lambda: FailedAuthLimiter(0, 1.0))
     # Loaded models for POST /v1/jobs/{id}/predict; None: bounded by the settings (predict_cache_*).
     model_cache: ModelCache[Any] = None  # type: ignore[assignment]
+    # Status polls (glai_common.db.make_read_engine); None: the ordinary engine.
+    read_engine: Engine | None = None
 
     def __post_init__(self) -> None:
+        if self.read_engine is None:
+            self.read_engine = self.engine
         if self.model_cache is None:
             settings = self.settings
             self.model_cache = ModelCache(settings.predict_cache_models, settings.predict_cache_bytes)

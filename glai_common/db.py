@@ -34,6 +34,22 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, **pool)
 
 
+# Short reads: a few connections serve many, and none is opened (and closed again) per burst.
+READ_POOL = {"pool_size": 8, "max_overflow": 0}
+
+
+def make_read_engine(url: str, settings: Settings | None = None) -> Engine:
+    """An engine for the API's hottest reads (status polls): autocommit and no ping on checkout, so one
+    select is one round trip instead of ping, BEGIN, select and ROLLBACK. A connection that died is
+    invalidated by the failed statement; callers retry once (``api.services.job_status``). SQLite has no
+    round trips to save: it gets the ordinary engine."""
+    settings = settings or get_settings()
+    if url.startswith("sqlite"):
+        return make_engine(url, settings)
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_recycle=300,
+                         pool_timeout=settings.db_pool_timeout_s, **READ_POOL)
+
+
 @lru_cache
 def get_engine() -> Engine:
     return make_engine(get_settings().resolved_database_url)

@@ -132,14 +132,17 @@ def _status_row(request: Request, services: Services, credentials: HTTPAuthoriza
     auth = services.settings.auth_enabled
     owner = None if auth else local_owner(request)
     key = presented_key(request, services, credentials) if auth else ""
-    known = jobs.looks_like_id(job_id)
-    with services.sessions() as db:
-        if owner is not None:
-            row = job_status.read_by_owner(db, owner, job_id) if known else None
-        else:
-            row = job_status.read_by_key(db, api_keys.hash_key(key), job_id) if known else None
-            if row is None and api_keys.owner_for_key(db, key) is None:  # a bad key, not a missing job
-                refuse_key(request, services)
+    engine = services.read_engine or services.engine
+    if owner is not None:
+        row = job_status.read(engine, lambda c: job_status.read_by_owner(c, owner, job_id)) \
+            if jobs.looks_like_id(job_id) else None
+    else:
+        row = job_status.read(engine, lambda c: job_status.read_by_key(c, api_keys.hash_key(key), job_id)) \
+            if jobs.looks_like_id(job_id) and api_keys.well_formed(key) else None
+        if row is None:
+            with services.sessions() as db:
+                if api_keys.owner_for_key(db, key) is None:  # a bad key, not a missing job
+                    refuse_key(request, services)
     if row is None:
         raise not_found("job", job_id)
     return row

@@ -9,11 +9,12 @@ check, to tell a bad key (401) from a job that is not the caller's (404).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from glai_common.jobs import as_utc
 from glai_common.models import ApiKey, Job
@@ -22,12 +23,25 @@ COLUMNS = (Job.id, Job.state, Job.phase, Job.progress, Job.epoch, Job.cancel_req
            Job.failure_message, Job.attempts, Job.created_at, Job.started_at, Job.finished_at, Job.updated_at)
 
 
-def read_by_owner(db: Session, owner: str, job_id: str) -> dict[str, Any] | None:
+def read(engine: Engine, query: Callable[[Connection], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Run one read on a pooled connection, once more on a fresh one if the pooled one had died (the read
+    engine does not ping on checkout)."""
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as connection:
+                return query(connection)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_by_owner(db: Connection, owner: str, job_id: str) -> dict[str, Any] | None:
     row = db.execute(select(*COLUMNS).where(Job.id == job_id, Job.owner == owner)).mappings().first()
     return _aware(dict(row)) if row is not None else None
 
 
-def read_by_key(db: Session, key_hash: str, job_id: str) -> dict[str, Any] | None:
+def read_by_key(db: Connection, key_hash: str, job_id: str) -> dict[str, Any] | None:
     """The job when the key is active and belongs to the job's owner, else None (either may be wrong)."""
     statement = (select(*COLUMNS).join(ApiKey, ApiKey.owner == Job.owner)
                  .where(Job.id == job_id, ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
@@ -60,4 +74,4 @@ def matches(if_none_match: str | None, tag: str) -> bool:
     return any(t.strip().removeprefix("W/") == wanted for t in if_none_match.split(","))
 
 
-__all__ = ["body_etag", "etag", "matches", "read_by_key", "read_by_owner"]
+__all__ = ["body_etag", "etag", "matches", "read", "read_by_key", "read_by_owner"]
