@@ -7,15 +7,18 @@ a few jobs; then ``--clients`` concurrent ``httpx.AsyncClient``s poll ``GET /v1/
 p50/p95/p99/max latency. ``--url URL --key KEY --job-ids ...`` targets a running service instead.
 
     .venv/bin/python -m bench.load --clients 200 --duration 20
+    .venv/bin/python -m bench.load --mode status --jobs 2 --clients 200 --interval 1   # issue 16's target
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
+import resource
 import statistics
 import time
 import uuid
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 
 from bench.service_stack import Stack, start_stack
 
@@ -123,6 +127,44 @@ def start_service(n_jobs: int, n_finished: int, api_workers: int,
 class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    not_modified: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sent_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # monotonic
+    latencies_lag: list[tuple[float, float]] = field(default_factory=list)  # (when, how late) of the loop
+
+
+async def poll_loop(base: str, key: str, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
+                    mode: str, interval_s: float) -> None:
+    """One client polling one job every ``interval_s`` on a fixed schedule (a late answer does not delay
+    the next poll's due time, so the offered rate stays clients / interval): ``full`` reads
+    ``GET /v1/jobs/{id}`` as a naive poller does; ``status`` reads ``GET /v1/jobs/{id}/status`` and
+    revalidates with ``If-None-Match`` (a 304 is an answer)."""
+    rng = random.Random(seed)
+    job_id = job_ids[seed % len(job_ids)]
+    endpoint = "GET /v1/jobs/{id}/status" if mode == "status" else "GET /v1/jobs/{id}"
+    path = f"/v1/jobs/{job_id}/status" if mode == "status" else f"/v1/jobs/{job_id}"
+    etag: str | None = None
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0, limits=limits) as client:
+        due = time.monotonic() + rng.uniform(0.0, interval_s)  # spread the clients over the interval
+        while due < stop_at:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            started = time.perf_counter()
+            try:
+                sent = {"If-None-Match": etag} if etag else {}
+                response = await client.get(path, headers=sent)
+                ok = response.status_code in (200, 304)
+                outcome = None if ok else str(response.status_code)
+                if mode == "status" and ok:
+                    etag = response.headers.get("ETag", etag)
+                    stats.not_modified[endpoint] += response.status_code == 304
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            stats.latencies[endpoint].append(time.perf_counter() - started)
+            stats.sent_at[endpoint].append(time.monotonic())
+            if outcome is not None:
+                stats.errors[endpoint][outcome] += 1
+            due += interval_s
 
 
 async def client_loop(base: str, key: str, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
@@ -142,6 +184,7 @@ async def client_loop(base: str, key: str, job_ids: list[str], stop_at: float, s
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
             stats.latencies[endpoint].append(time.perf_counter() - started)
+            stats.sent_at[endpoint].append(time.monotonic())
             if outcome is not None:
                 stats.errors[endpoint][outcome] += 1
             await asyncio.sleep(rng.uniform(0.0, 0.05))  # a polling client, not a tight loop
@@ -153,13 +196,59 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run_load(base: str, key: str, job_ids: list[str], clients: int, duration: float,
-                   list_share: float) -> tuple[Stats, float]:
+                   list_share: float, mode: str = "mixed", interval_s: float = 1.0) -> tuple[Stats, float]:
     stats = Stats()
     started = time.monotonic()
     stop_at = started + duration
-    await asyncio.gather(*(client_loop(base, key, job_ids, stop_at, stats, i, list_share)
-                           for i in range(clients)))
+    lag = asyncio.ensure_future(_loop_lag(stats, stop_at))
+    if mode == "mixed":
+        loops = [client_loop(base, key, job_ids, stop_at, stats, i, list_share) for i in range(clients)]
+    else:
+        loops = [poll_loop(base, key, job_ids, stop_at, stats, i, mode, interval_s) for i in range(clients)]
+    await asyncio.gather(*loops)
+    await lag
     return stats, time.monotonic() - started
+
+
+async def _loop_lag(stats: Stats, stop_at: float, tick_s: float = 0.01) -> None:
+    """How late the load generator's own event loop wakes up: its delays are in every latency it
+    measures, so they are reported beside them (``loop lag``)."""
+    while time.monotonic() < stop_at:
+        due = time.monotonic() + tick_s
+        await asyncio.sleep(tick_s)
+        stats.latencies_lag.append((time.monotonic(), time.monotonic() - due))
+
+
+def timeline(stats: Stats, bucket_s: float = 2.0) -> None:
+    """p99 per time bucket (when the answers came): shows whether the tail is steady or a burst."""
+    for endpoint, values in sorted(stats.latencies.items()):
+        times = stats.sent_at[endpoint]
+        start = min(times)
+        buckets: dict[int, list[float]] = defaultdict(list)
+        for at, latency in zip(times, values, strict=True):
+            buckets[int((at - start) // bucket_s)].append(latency)
+        cells = ", ".join(f"{k * bucket_s:.0f}s: {pct(v, 0.99):.0f}" for k, v in sorted(buckets.items()))
+        print(f"{endpoint} p99 ms per {bucket_s:.0f} s: {cells}")
+        lags: dict[int, list[float]] = defaultdict(list)
+        for at, late in stats.latencies_lag:
+            lags[int((at - start) // bucket_s)].append(late)
+        cells = ", ".join(f"{k * bucket_s:.0f}s: {max(v) * 1000:.0f}" for k, v in sorted(lags.items())
+                          if k >= 0)
+        print(f"the load generator's own loop lag, max ms per {bucket_s:.0f} s: {cells}")
+
+
+def steady(stats: Stats, warmup_s: float) -> Stats:
+    """The answers sent after the first ``warmup_s`` seconds (every client opens its connection and reads
+    its first full body in the first second): the steady state, reported beside the whole run."""
+    kept = Stats()
+    for endpoint, values in stats.latencies.items():
+        start = min(stats.sent_at[endpoint])
+        for at, latency in zip(stats.sent_at[endpoint], values, strict=True):
+            if at - start >= warmup_s:
+                kept.latencies[f"{endpoint} after {warmup_s:g} s"].append(latency)
+                kept.sent_at[f"{endpoint} after {warmup_s:g} s"].append(at)
+        kept.errors[f"{endpoint} after {warmup_s:g} s"] = stats.errors.get(endpoint, defaultdict(int))
+    return kept
 
 
 def report(stats: Stats, elapsed: float, clients: int) -> list[dict[str, Any]]:
@@ -169,13 +258,15 @@ def report(stats: Stats, elapsed: float, clients: int) -> list[dict[str, Any]]:
         rows.append({"endpoint": endpoint, "requests": len(values), "errors": sum(errors.values()),
                      "error_kinds": errors, "rps": len(values) / elapsed, "p50_ms": pct(values, 0.50),
                      "p95_ms": pct(values, 0.95), "p99_ms": pct(values, 0.99), "max_ms": max(values) * 1000,
-                     "mean_ms": statistics.fmean(values) * 1000})
+                     "mean_ms": statistics.fmean(values) * 1000,
+                     "not_modified": stats.not_modified.get(endpoint, 0)})
     print(f"\n{clients} clients, {elapsed:.1f} s")
-    print("| endpoint | requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| endpoint | requests | 304s | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['endpoint']} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['p50_ms']:.0f} | "
-              f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} |")
+        not_modified = "" if r["endpoint"].endswith(" s") else r["not_modified"]
+        print(f"| {r['endpoint']} | {r['requests']} | {not_modified} | {r['errors']} | {r['rps']:.0f} | "
+              f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |")
         if r["error_kinds"]:
             print(f"|   errors: {r['error_kinds']} |")
     return rows
@@ -206,14 +297,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-share", type=float, default=0.2, help="Fraction of requests that list jobs.")
     parser.add_argument("--jobs", type=int, default=4, help="Jobs the worker trains during the load.")
     parser.add_argument("--finished", type=int, default=60, help="Finished jobs in the list.")
+    parser.add_argument("--structural-epochs", type=int, default=150,
+                        help="Each job's structural epochs (all of them run): 3000 keeps two jobs training "
+                             "through a 20 s load on two cores.")
     parser.add_argument("--api-workers", type=int, default=1)
     parser.add_argument("--thread-limit", type=int,
                         help="Cap the API's sync thread pool (see limited_app); default: the app as is.")
     parser.add_argument("--url", help="Target a running API instead of starting one.")
     parser.add_argument("--key", help="API key for --url.")
     parser.add_argument("--job-ids", nargs="*", default=[], help="Job ids to poll with --url.")
+    parser.add_argument("--mode", choices=["mixed", "full", "status"], default="mixed",
+                        help="mixed: poll and list with 0-50 ms think time (as much load as the API takes); "
+                             "full / status: each client polls one job every --interval s on a schedule, "
+                             "GET /v1/jobs/{id} or the lean GET /v1/jobs/{id}/status with If-None-Match.")
+    parser.add_argument("--interval", type=float, default=1.0, help="Seconds between one client's polls.")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="Also report the answers after this many seconds (0: the whole run only).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args(argv)
+    JOB_CONFIG["structural"].update(max_epochs=args.structural_epochs, min_epochs=args.structural_epochs,
+                                    patience=args.structural_epochs)
 
     service: Stack | None = None
     if args.url:
@@ -225,9 +328,23 @@ def main(argv: list[str] | None = None) -> int:
         base, key = service.url, service.key
     try:
         before = job_states(service.database_url, job_ids) if service else {}
-        stats, elapsed = asyncio.run(run_load(base, key, job_ids, args.clients, args.duration,
-                                              args.list_share))
+        # Pollers watch the jobs being trained (the first --jobs); the mixed load also reads finished ones.
+        polled = job_ids[:max(args.jobs, 1)] if service and args.mode != "mixed" else job_ids
+        # The generator's own collector pauses (hundreds of ms with 200 clients' objects) would show up as
+        # server latency: it runs without it, and its loop lag is reported beside the figures.
+        gc.collect()
+        gc.disable()
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        stats, elapsed = uvloop.run(run_load(base, key, polled, args.clients, args.duration, args.list_share,
+                                              args.mode, args.interval))
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        client_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+        gc.enable()
         rows = report(stats, elapsed, args.clients)
+        if args.warmup > 0:
+            rows += report(steady(stats, args.warmup), elapsed - args.warmup, args.clients)
+        timeline(stats)
+        print(f"the load generator itself used {client_cpu:.1f} CPU-s ({client_cpu / elapsed:.2f} cores)")
         after = job_states(service.database_url, job_ids) if service else {}
         if service:
             print(f"\njob states before the load: {before}; after: {after}")
