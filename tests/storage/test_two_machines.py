@@ -32,7 +32,8 @@ FAST_FAULTS = {"worker_lease_s": "3", "heartbeat_interval_s": "0.5", "checkpoint
                "reaper_interval_s": "1"}
 # Long enough to be killed mid-phase, short enough to finish on two shared cores once resumed.
 RESUMABLE = {"architecture": {"hidden": [16]},
-             "structural": {"max_epochs": 60, "min_epochs": 60, "batch_size": 64},
+             # long enough that the kill lands inside the phase even when log lines arrive late
+             "structural": {"max_epochs": 300, "min_epochs": 300, "batch_size": 64},
              "pruning": {"enabled": False}, "baseline": {"enabled": False}}
 
 
