@@ -8,11 +8,11 @@ The parent's S (and its standardiser) is reused as it is: its gates decide the p
 * ``refit``: phase 2 (``solvers.quantitative_phase``, the job's solver) on the union of every part's training
   rows, warm-started from the parent's Θ.
 
-``auto`` (``plan``) takes ``statistics`` where the closed form applies -- the job's phase 2 is the closed
-form (``ridge``) -- and the statistics are the cheaper way to it; a first-order phase 2 (L-BFGS or Adam on
-cross-entropy, what ``auto`` picks for most data) needs every row, so it runs on the union, from the
-parent's weights. Either way the phase starts from the parent's Θ (step 0) and keeps the best point on the
-union's validation rows, so it never ends below the parent. A superset of classes gets new output rows:
+``auto`` (``plan``) takes whichever the cost model says is cheaper. One is the closed form from the
+summed statistics, which reads the new rows only. The other is the job's phase 2 on the union (L-BFGS or
+Adam on cross-entropy, which needs every row), from the parent's weights. Either way the phase starts
+from the parent's Θ (step 0) and keeps the best point on the union's validation rows, so it never ends
+below the parent. A superset of classes gets new output rows:
 zero in S's head and in Θ (``grow_classes``).
 """
 
@@ -29,7 +29,13 @@ import torch
 from glai_core import statistics as stats_lib
 from glai_core.checkpoint import phase_path
 from glai_core.config import QuantitativeConfig, TrainConfig
-from glai_core.cost_model import choose_phase2, choose_ridge_method, ridge_costs
+from glai_core.cost_model import (
+    DEVICE_SPEEDS,
+    choose_phase2,
+    choose_ridge_method,
+    phase2_seconds,
+    ridge_costs,
+)
 from glai_core.defaults import quantitative_settings
 from glai_core.hooks import Hooks
 from glai_core.metrics import evaluate
@@ -108,11 +114,13 @@ def plan(requested: str, cfg: QuantitativeConfig, parent_statistics: stats_lib.S
          device: str = "cpu") -> Plan:
     """Choose between the closed form from the statistics and phase 2 on the union (see the module doc).
 
-    ``auto``: the statistics where the job's phase 2 is the closed form (``ridge``, or ``auto`` resolving to
-    it) and they are the cheaper way to it (N_new D^2 + one D^3/3 factorisation per lambda against the
-    cheaper exact solve of the union, by ``cost_model.ridge_costs``). Otherwise phase 2 runs on the union:
-    the job's solver, where ``auto`` means the first-order method it picks for the union (L-BFGS or Adam)
-    from the parent's Θ, without a closed form first: the parent's weights are already a fitted start."""
+    ``auto`` takes the cheaper of the two by the cost model, when the parent kept statistics of this very
+    structure. Phase 2 on the union is the job's solver; ``auto`` means the first-order method it picks for
+    the union (L-BFGS or Adam), from the parent's Θ with no closed form first, since the parent's weights
+    are already a fitted start. The statistics cost N_new D^2 plus one D^3/3 factorisation per lambda.
+    Where the job's phase 2 is the closed form itself (``ridge``), they are weighed against the cheaper
+    exact solve of the union (``cost_model.ridge_costs``). Without usable statistics it is phase 2 on the
+    union."""
     if requested not in MODES:
         raise ValueError(f"unknown incremental mode {requested!r}: one of {', '.join(MODES)}")
     usable = parent_statistics is not None and parent_statistics.structure == parent_digest
@@ -128,15 +136,23 @@ def plan(requested: str, cfg: QuantitativeConfig, parent_statistics: stats_lib.S
                                   "rows'", "statistics")
     if requested == "refit":
         return Plan("refit", f"asked for: phase 2 ({solver}) on the union of every part's rows", solver)
-    if solver != "ridge":
-        return Plan("refit", f"the job's phase 2 is {solver} on cross-entropy, which needs every row: run on "
-                             "the union from the parent's weights", solver)
     if not usable:
-        return Plan("refit", "the parent kept no sufficient statistics: the closed form on the union's rows",
-                    solver)
+        return Plan("refit", f"the parent kept no sufficient statistics: phase 2 ({solver}) on the union's "
+                             "rows", solver)
     dim = math.prod(theta_shape(d, hidden, m)[1:]) + 1
     lambdas = len(cfg.ridge_lambdas)
     from_statistics = n_new * dim * dim + lambdas * dim**3 / 3
+    if solver != "ridge":  # cross-entropy on every row, or the closed form from the new rows: the cheaper
+        speed = DEVICE_SPEEDS.get(device, DEVICE_SPEEDS["cpu"])
+        statistics_s = 2 * from_statistics / speed.flops_per_s  # 2 flops per multiply-add, as phase2_seconds
+        refit_s = phase2_seconds(n_union, n_val, d, hidden, m, cfg, device)[solver]
+        if refit_s <= statistics_s:
+            return Plan("refit", f"{solver} on the union from the parent's weights (~{refit_s:.2g} s) is "
+                                 f"cheaper than the closed form from the statistics (~{statistics_s:.2g} s)",
+                        solver)
+        return Plan("statistics", f"the closed form from the statistics and the new rows "
+                                  f"(~{statistics_s:.2g} s) is cheaper than {solver} on the union "
+                                  f"(~{refit_s:.2g} s)", "statistics")
     costs = ridge_costs(n_union, n_val, d, hidden, m, lambdas)
     union = choose_ridge_method(costs, cfg.max_normal_matrix_bytes)
     if union is not None and union.flops < from_statistics:

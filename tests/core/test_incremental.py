@@ -260,10 +260,16 @@ def test_modes_are_chosen_from_what_the_parent_kept() -> None:
     # ...and not where they are missing or of another structure.
     assert chosen("auto", "ridge", None, "abc").mode == "refit"
     assert chosen("auto", "ridge", sums, "other").mode == "refit"
-    # A cross-entropy phase 2 needs every row: the union, with the solver auto picks for it.
-    first_order = chosen("auto", "lbfgs", sums, "abc")
-    assert (first_order.mode, first_order.solver) == ("refit", "lbfgs")
-    resolved = chosen("auto", "auto", sums, "abc")
+    # A first-order phase 2 on the union or the closed form from the new rows: the cheaper one. Few path
+    # weights and many rows: the statistics; a wide block (D = 64 * 512 + 1) on few rows: L-BFGS.
+    cheap = plan("auto", QuantitativeConfig(solver="lbfgs"), sums, "abc", n_new=20000, n_union=40000,
+                 n_val=10000, d=8, hidden=[4], m=2)
+    assert (cheap.mode, cheap.solver) == ("statistics", "statistics") and "cheaper" in cheap.why
+    wide = plan("auto", QuantitativeConfig(solver="lbfgs"), sums, "abc", n_new=200, n_union=400, n_val=100,
+                d=64, hidden=[512], m=10)
+    assert (wide.mode, wide.solver) == ("refit", "lbfgs") and "cheaper" in wide.why
+    resolved = plan("auto", QuantitativeConfig(), sums, "abc", n_new=200, n_union=400, n_val=100, d=64,
+                    hidden=[512], m=10)
     assert resolved.mode == "refit" and resolved.solver in ("lbfgs", "adam")
     assert chosen("refit", "ridge", sums, "abc").mode == "refit"
     assert chosen("statistics", "lbfgs", sums, "abc").mode == "statistics"
