@@ -577,16 +577,10 @@ class JobLinks(BaseModel):
     cancel: str = Field(description="POST here to cancel.")
 
 
-class JobBrief(Out):
-    """A job as listed: state and progress without its history."""
+class JobStatus(Out):
+    """What a poller needs and nothing more: `GET /v1/jobs/{id}/status` (and the start of every job body)."""
 
     id: str = Field(description="Job id (32 hex characters).")
-    dataset_id: str = Field(description="The dataset it trains on.")
-    name: str | None = Field(None, description="The label given at submission, if any.")
-    tags: list[str] = Field(default_factory=list, description="The tags given at submission.")
-    queue: str = Field("glai", description="The worker pool it runs on.")
-    priority: str = Field("normal", description="`high`, `normal` or `low` within its queue.")
-    notify: NotifyOut | None = Field(None, description="The webhook given at submission, if any.")
     state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
     phase: str | None = Field(description="While running: embedding, structural, quantitative, pruning, "
                               "baseline or exporting.")
@@ -596,35 +590,27 @@ class JobBrief(Out):
     failure_kind: str | None = Field(description="When failed: user_error, gpu_oom, timeout, worker_lost "
                                      "or internal.")
     failure_message: str | None = Field(description="When failed: what happened.")
-    time_limit_s: int = Field(description="Wall-clock limit in seconds.")
     attempts: int = Field(description="Times a worker started it (above 1 after a lost worker).")
     created_at: datetime = Field(description="Submission time (UTC).")
     started_at: datetime | None = Field(description="First start (UTC).")
     finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
     updated_at: datetime = Field(description="Last change (UTC).")
+
+
+class JobBrief(JobStatus):
+    """A job as listed: its status, labels and results, without its history."""
+
+    dataset_id: str = Field(description="The dataset it trains on.")
+    name: str | None = Field(None, description="The label given at submission, if any.")
+    tags: list[str] = Field(default_factory=list, description="The tags given at submission.")
+    queue: str = Field("glai", description="The worker pool it runs on.")
+    priority: str = Field("normal", description="`high`, `normal` or `low` within its queue.")
+    notify: NotifyOut | None = Field(None, description="The webhook given at submission, if any.")
+    time_limit_s: int = Field(description="Wall-clock limit in seconds.")
     summary: dict[str, Any] = Field(description="Results once known: accuracies, timings, parameter counts.")
     parent_job_id: str | None = Field(None, description="The job this one continues (incremental), if any.")
     kind: Literal["train", "incremental", "merge", "sweep"] = Field(
         "train", description="`train`, `incremental` (see `parent_job_id`), `merge` or `sweep`.")
-
-
-class JobStatus(Out):
-    """What a poller needs and nothing more: `GET /v1/jobs/{id}/status`."""
-
-    id: str = Field(description="Job id (32 hex characters).")
-    state: str = Field(description="queued, running, cancelling, succeeded, failed or cancelled.")
-    phase: str | None = Field(description="While running: the current phase.")
-    progress: float = Field(description="Fraction of the current phase done, 0..1.")
-    epoch: int | None = Field(description="Current epoch within the phase, if any.")
-    cancel_requested: bool = Field(description="A cancel was asked for and not yet honoured.")
-    failure_kind: str | None = Field(description="When failed: user_error, gpu_oom, timeout, worker_lost "
-                                     "or internal.")
-    failure_message: str | None = Field(description="When failed: what happened.")
-    attempts: int = Field(description="Times a worker started it.")
-    created_at: datetime = Field(description="Submission time (UTC).")
-    started_at: datetime | None = Field(description="First start (UTC).")
-    finished_at: datetime | None = Field(description="When it reached a final state (UTC).")
-    updated_at: datetime = Field(description="Last change (UTC).")
 
 
 class JobOut(JobBrief):
