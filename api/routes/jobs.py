@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AfterValidator, BeforeValidator
+from sqlalchemy.orm import Session
 
 from api.deps import BearerDep, DbDep, OwnerDep, Services, ServicesDep, local_owner, presented_key, refuse_key
 from api.errors import not_found
@@ -17,6 +18,7 @@ from api.presenters import job_brief, job_out
 from api.routes.common import errors
 from api.schemas import JobCreate, JobList, JobOut, JobResume, JobStatus
 from api.services import api_keys, job_status, jobs, resume
+from glai_common.models import Job
 from glai_common.states import STATES
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -58,6 +60,12 @@ def submit_job(body: JobCreate, response: Response, services: ServicesDep, db: D
     """Validates the request against the deployment's limits, commits the job (state `queued`), then
     sends it to the workers. Poll `GET /v1/jobs/{id}` for progress."""
     job, created = jobs.submit(db, services.settings, owner, body, idempotency_key)
+    return accepted(db, services, response, job, created)
+
+
+def accepted(db: Session, services: Services, response: Response, job: Job, created: bool) -> JobOut:
+    """A new job is sent to the workers (after its commit) and answered 202; a replayed Idempotency-Key
+    gets the original job with 200. Either way ``Location`` points at it."""
     if created:
         jobs.enqueue_or_fail(db, services.enqueue, job)
     else:

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from api.deps import DbDep, OwnerDep, ServicesDep
-from api.presenters import job_out
 from api.routes.common import errors
+from api.routes.jobs import accepted
 from api.schemas import JobOut, MergeCreate
-from api.services import jobs, merge
+from api.services import merge
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -34,10 +34,4 @@ def merge_models(body: MergeCreate, response: Response, services: ServicesDep, d
     merged model is scored on each job's validation rows (`summary.merge.parts`). Poll the job; its
     `trained` artifact is the merged model."""
     job, created = merge.submit(db, services.settings, owner, body, idempotency_key)
-    if created:
-        jobs.enqueue_or_fail(db, services.enqueue, job)
-    else:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_out(job)
+    return accepted(db, services, response, job, created)
