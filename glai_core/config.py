@@ -23,7 +23,8 @@ class ArchitectureConfig:
 
 @dataclass
 class StructuralConfig:
-    """Stop rule: path distance < ``threshold`` for ``window`` consecutive checks, after ``min_epochs``.
+    """Stop rule: path distance < ``threshold`` for ``window`` consecutive checks with no new best
+    validation loss over them, after ``min_epochs``.
 
     A check compares the gates on the probe set with those of the previous check, ``check_interval``
     epochs earlier. Fields left ``None`` are chosen from the data by ``glai_core.defaults`` (batch near

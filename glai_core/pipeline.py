@@ -173,16 +173,33 @@ RATE = "path_distance_per_100_steps"
 
 def stability_rule(cfg: StructuralConfig):  # noqa: ANN201 (returns a StopRule)
     """Stop once the path distance per 100 optimiser steps stayed below ``threshold`` for ``window``
-    consecutive checks and at least ``min_epochs`` epochs ran (checks before ``min_epochs`` count towards
-    the window). Per step, so the rule means the same at batch 16 on 150 rows and at batch 512 on 60k."""
+    consecutive checks, validation loss set no new best over those checks, and at least ``min_epochs``
+    epochs ran (checks before ``min_epochs`` count towards the window). Per step, so the rule means the
+    same at batch 16 on 150 rows and at batch 512 on 60k. The validation condition keeps S training
+    where its gates settle while it still learns (on a few hundred rows they settle within 50 epochs,
+    long before S stops improving), and costs nothing where both happen together."""
     def rule(history: list[dict[str, float]]) -> str | None:
         checks = [h[RATE] for h in history if RATE in h]
         recent = checks[-cfg.window:]
         settled = len(recent) >= cfg.window and max(recent) < cfg.threshold
+        if settled and _still_improving(history, cfg.window):
+            return None
         if settled and RATE in history[-1] and history[-1]["step"] >= cfg.min_epochs:
             return "threshold"
         return None
     return rule
+
+
+def _still_improving(history: list[dict[str, float]], window: int) -> bool:
+    """Validation loss reached a new best within the last ``window`` checks' span of epochs."""
+    checks = [h["step"] for h in history if RATE in h]
+    if len(checks) < window + 1:
+        return False
+    since = checks[-window - 1]
+    losses = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    before = [v for step, v in losses if step <= since]
+    after = [v for step, v in losses if step > since]
+    return bool(before and after) and min(after) < min(before) - 1e-4
 
 
 def structural_phase(train: DeviceSet, val: DeviceSet, hidden: list[int], m: int, cfg: StructuralConfig,

@@ -7,11 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from glai_core.config import TrainConfig
+from glai_core.config import StructuralConfig, TrainConfig
 from glai_core.data import LoadedData, builtin
 from glai_core.hooks import Cancelled, RecordingHooks
 from glai_core.metrics import evaluate
-from glai_core.pipeline import native_bf16_cpu, resolve_precision, run_pipeline, time_to_target
+from glai_core.pipeline import (
+    RATE,
+    native_bf16_cpu,
+    resolve_precision,
+    run_pipeline,
+    stability_rule,
+    time_to_target,
+)
 
 SUMMARY_KEYS = {
     "glai_accuracy", "structure_accuracy", "warm_start_accuracy", "baseline_accuracy", "pruned",
@@ -171,3 +178,18 @@ def test_precision_sets_tf32_both_ways_for_each_cuda_job() -> None:
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_settled_gates_freeze_only_once_validation_stops_improving() -> None:
+    """The structure freezes when its gates settled *and* its validation loss set no new best over the
+    window's checks; gates that settle while S still learns (tiny tables) keep it training."""
+    rule = stability_rule(StructuralConfig(threshold=0.02, window=2, min_epochs=0))
+
+    def history(losses: list[float], rates: list[float]) -> list[dict[str, float]]:
+        return [{"step": e + 1, "val_loss": loss, RATE: rate} for e, (loss, rate) in
+                enumerate(zip(losses, rates, strict=True))]
+
+    settled = [0.5, 0.01, 0.01, 0.01]
+    assert rule(history([1.0, 0.9, 0.8, 0.7], settled)) is None  # still improving: keep training
+    assert rule(history([1.0, 0.7, 0.72, 0.71], settled)) == "threshold"  # plateau: freeze
+    assert rule(history([1.0, 0.9, 0.8, 0.7], [0.5, 0.5, 0.01, 0.3])) is None  # gates still move
