@@ -89,40 +89,51 @@ def _dataset_info(ctx: WorkerContext, dataset_id: str) -> DatasetInfo:
                            row.storage_key)
 
 
-def _load(ctx: WorkerContext, dataset_id: str, backbone: str | None, hooks: DatabaseHooks,
-          device: str) -> Any:
-    return load_training_data(ctx, _dataset_info(ctx, dataset_id), backbone, hooks, device).data
+@dataclass
+class Loader:
+    """One job's datasets, each read once: counting rows, checking an appended dataset and placing the
+    parts all go through it (each read asks the database and the staging cache again otherwise)."""
+
+    ctx: WorkerContext
+    backbone: str | None
+    hooks: DatabaseHooks
+    device: str
+    loaded: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, dataset_id: str) -> Any:
+        if dataset_id not in self.loaded:
+            info = _dataset_info(self.ctx, dataset_id)
+            self.loaded[dataset_id] = load_training_data(self.ctx, info, self.backbone, self.hooks,
+                                                         self.device).data
+        return self.loaded[dataset_id]
 
 
-def _place(ctx: WorkerContext, parts: list[Any], classes: list[str], standardizer: Any, backbone: str | None,
-           hooks: DatabaseHooks, device: str, with_train: bool) -> list[Any]:
+def _place(load: Loader, parts: list[Any], classes: list[str], standardizer: Any,
+           with_train: bool) -> list[Any]:
     from glai_core.parts import place_part
 
-    return [place_part(_load(ctx, p.dataset_id, backbone, hooks, device), p, classes, standardizer, device,
-                       with_train) for p in parts]
+    return [place_part(load(p.dataset_id), p, classes, standardizer, load.device, with_train) for p in parts]
 
 
-def _row_counts(ctx: WorkerContext, parts: list[Any], backbone: str | None, hooks: DatabaseHooks,
-                device: str) -> tuple[int, int]:
+def _row_counts(load: Loader, parts: list[Any]) -> tuple[int, int]:
     """(training rows, validation rows) of the parts, from their splits alone: what ``plan`` weighs before
     any row is placed."""
     from glai_core.parts import split
 
     train = val = 0
     for part in parts:
-        data = _load(ctx, part.dataset_id, backbone, hooks, device)
+        data = load(part.dataset_id)
         train_index, val_index = split(data, part)
         train += len(train_index)
         val += len(val_index) if val_index is not None else int(data.x_val.shape[0])
     return train, val
 
 
-def check_appended(ctx: WorkerContext, part: Any, repeated: Any, backbone: str | None, hooks: DatabaseHooks,
-                   device: str) -> None:
+def check_appended(load: Loader, part: Any, repeated: Any) -> None:
     """An appended dataset must start with the rows of the part it extends, byte for byte (labels by
     class name): otherwise its "new" rows are not the new ones."""
-    new = _load(ctx, part.dataset_id, backbone, hooks, device)
-    old = _load(ctx, repeated.dataset_id, backbone, hooks, device)
+    new = load(part.dataset_id)
+    old = load(repeated.dataset_id)
     n = int(old.x.shape[0])
     if part.skip_rows != n or new.x.shape[0] <= n:
         raise UserError(f"dataset {part.dataset_id} does not extend dataset {repeated.dataset_id}'s {n} rows")
@@ -249,8 +260,9 @@ def _incremental(ctx: WorkerContext, claimed: Any, config: Any, loaded: Any, hoo
     if parent.statistics is not None and [p.to_dict() for p in old] != parent.statistics.parts:
         hooks.reporter.log("the parent's statistics cover other rows than its lineage says: not used")
         parent = Parent(parent.block, parent.standardizer, parent.class_names, None)
-    old_train, old_val = _row_counts(ctx, old, backbone, hooks, device)
-    new_train, new_val = _row_counts(ctx, new, backbone, hooks, device)
+    load = Loader(ctx, backbone, hooks, device)
+    old_train, old_val = _row_counts(load, old)
+    new_train, new_val = _row_counts(load, new)
     block = parent.block
     chosen = plan(lineage.get("phase2", "auto"), config.quantitative, parent.statistics,
                   statistics.structure_digest(block.structure), n_new=new_train,
@@ -259,9 +271,9 @@ def _incremental(ctx: WorkerContext, claimed: Any, config: Any, loaded: Any, hoo
     mode = chosen.mode
     hooks.reporter.log(f"incremental on job {lineage['parent_job_id']}'s structure: {mode} ({chosen.why})")
     if new[0].skip_rows:
-        check_appended(ctx, new[0], old[-1], backbone, hooks, device)
-    old_placed = _place(ctx, old, classes, parent.standardizer, backbone, hooks, device, mode == "refit")
-    new_placed = _place(ctx, new, classes, parent.standardizer, backbone, hooks, device, True)
+        check_appended(load, new[0], old[-1])
+    old_placed = _place(load, old, classes, parent.standardizer, mode == "refit")
+    new_placed = _place(load, new, classes, parent.standardizer, True)
     result = run_incremental(parent, old_placed, new_placed, classes, config, hooks, mode,
                              claimed.spec.get("keep_statistics", True), chosen_plan=chosen)
     summary = result.summary
@@ -305,10 +317,11 @@ def _merge(ctx: WorkerContext, claimed: Any, config: Any, hooks: DatabaseHooks, 
     refit = method == "refit" or (method == "auto" and not have_stats)
     classes = list(dict.fromkeys(c for p in parents.values() for c in p.class_names))
     sources = []
+    load = Loader(ctx, backbone, hooks, device)
     for entry in spec["sources"]:
         parent = parents[entry["job_id"]]
         parts = [Part.from_dict(p) for p in entry["parts"]]
-        placed = _place(ctx, parts, classes, first.standardizer, backbone, hooks, device, refit)
+        placed = _place(load, parts, classes, first.standardizer, refit)
         sources.append(Source(entry["job_id"], parent.block, parent.class_names, parent.statistics, placed))
     try:
         result = merge(sources, first.standardizer, config, hooks, method)

@@ -91,6 +91,19 @@ def _flow(client: GlaiClient, tmp: Path, storage: Path) -> None:
     assert [c["id"] for c in client.children(parent["id"])] == [child["id"]]
     assert child["summary"]["glai_accuracy"] >= child["summary"]["warm_start_accuracy"]
 
+    # The parent's dataset with rows appended: only the rows after its own are new, checked byte for byte.
+    both = np.r_[np.arange(600), np.arange(600, 1200)]
+    ds_ab = _upload(client, tmp, "ab", x[both], y[both])
+    appended = _done(client, client.submit_job(ds_ab, {"parent_job_id": parent["id"],
+                                                       "incremental": {"data": "appended"}}))
+    assert appended["lineage"]["rows_added"] == 600 and appended["lineage"]["datasets"] == [ds_a, ds_ab]
+    other = np.r_[np.arange(600, 1200), np.arange(1200, 1797)]
+    ds_fake = _upload(client, tmp, "fake", x[other], y[other])
+    fake = client.wait(client.submit_job(ds_fake, {"parent_job_id": parent["id"],
+                                                   "incremental": {"data": "appended"}})["id"], timeout=240)
+    assert (fake["state"], fake["failure_kind"]) == ("failed", "user_error"), fake.get("failure_message")
+    assert "with rows appended" in fake["failure_message"]
+
     copy = _done(client, client.submit_job(ds_c, {"parent_job_id": parent["id"],
                                                   "incremental": {"rows": "own"}}))
     assert copy["lineage"]["datasets"] == [ds_c]
