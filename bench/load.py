@@ -129,7 +129,16 @@ class Stats:
     errors: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     not_modified: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     sent_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # monotonic
-    latencies_lag: list[tuple[float, float]] = field(default_factory=list)  # (when, how late) of the loop
+    outcomes: dict[str, list[str | None]] = field(default_factory=lambda: defaultdict(list))  # None: ok
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)  # (when, how late) of the loop
+
+    def record(self, endpoint: str, started: float, outcome: str | None) -> None:
+        """One answer (or failure) that took since ``started`` (perf_counter)."""
+        self.latencies[endpoint].append(time.perf_counter() - started)
+        self.sent_at[endpoint].append(time.monotonic())
+        self.outcomes[endpoint].append(outcome)
+        if outcome is not None:
+            self.errors[endpoint][outcome] += 1
 
 
 async def poll_loop(base: str, key: str, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
@@ -160,10 +169,7 @@ async def poll_loop(base: str, key: str, job_ids: list[str], stop_at: float, sta
                     stats.not_modified[endpoint] += response.status_code == 304
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
-            stats.latencies[endpoint].append(time.perf_counter() - started)
-            stats.sent_at[endpoint].append(time.monotonic())
-            if outcome is not None:
-                stats.errors[endpoint][outcome] += 1
+            stats.record(endpoint, started, outcome)
             due += interval_s
 
 
@@ -183,10 +189,7 @@ async def client_loop(base: str, key: str, job_ids: list[str], stop_at: float, s
                 outcome = None if response.status_code == 200 else str(response.status_code)
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
-            stats.latencies[endpoint].append(time.perf_counter() - started)
-            stats.sent_at[endpoint].append(time.monotonic())
-            if outcome is not None:
-                stats.errors[endpoint][outcome] += 1
+            stats.record(endpoint, started, outcome)
             await asyncio.sleep(rng.uniform(0.0, 0.05))  # a polling client, not a tight loop
 
 
@@ -216,7 +219,7 @@ async def _loop_lag(stats: Stats, stop_at: float, tick_s: float = 0.01) -> None:
     while time.monotonic() < stop_at:
         due = time.monotonic() + tick_s
         await asyncio.sleep(tick_s)
-        stats.latencies_lag.append((time.monotonic(), time.monotonic() - due))
+        stats.loop_lag.append((time.monotonic(), time.monotonic() - due))
 
 
 def timeline(stats: Stats, bucket_s: float = 2.0) -> None:
@@ -230,7 +233,7 @@ def timeline(stats: Stats, bucket_s: float = 2.0) -> None:
         cells = ", ".join(f"{k * bucket_s:.0f}s: {pct(v, 0.99):.0f}" for k, v in sorted(buckets.items()))
         print(f"{endpoint} p99 ms per {bucket_s:.0f} s: {cells}")
         lags: dict[int, list[float]] = defaultdict(list)
-        for at, late in stats.latencies_lag:
+        for at, late in stats.loop_lag:
             lags[int((at - start) // bucket_s)].append(late)
         cells = ", ".join(f"{k * bucket_s:.0f}s: {max(v) * 1000:.0f}" for k, v in sorted(lags.items())
                           if k >= 0)
@@ -243,11 +246,15 @@ def steady(stats: Stats, warmup_s: float) -> Stats:
     kept = Stats()
     for endpoint, values in stats.latencies.items():
         start = min(stats.sent_at[endpoint])
-        for at, latency in zip(stats.sent_at[endpoint], values, strict=True):
+        answers = zip(stats.sent_at[endpoint], values, stats.outcomes[endpoint], strict=True)
+        for at, latency, outcome in answers:
             if at - start >= warmup_s:
-                kept.latencies[f"{endpoint} after {warmup_s:g} s"].append(latency)
-                kept.sent_at[f"{endpoint} after {warmup_s:g} s"].append(at)
-        kept.errors[f"{endpoint} after {warmup_s:g} s"] = stats.errors.get(endpoint, defaultdict(int))
+                name = f"{endpoint} after {warmup_s:g} s"
+                kept.latencies[name].append(latency)
+                kept.sent_at[name].append(at)
+                kept.outcomes[name].append(outcome)
+                if outcome is not None:
+                    kept.errors[name][outcome] += 1
     return kept
 
 
