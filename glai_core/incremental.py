@@ -28,6 +28,7 @@ import torch
 
 from glai_core import statistics as stats_lib
 from glai_core.checkpoint import phase_path
+from glai_core.compute import precision_label, resolve_precision
 from glai_core.config import QuantitativeConfig, TrainConfig
 from glai_core.cost_model import (
     DEVICE_SPEEDS,
@@ -185,6 +186,7 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
     new_train = [p.train for p in new_parts if p.train is not None]
     result_stats: stats_lib.Statistics | None = None
     warm = evaluate(block, val.x, val.y)[1]
+    autocast = resolve_precision(config.precision, block.theta.device)  # as a fresh job's phase 2
     if chosen == "statistics":
         assert parent.statistics is not None
         history, result_stats, solution = _statistics_phase(block, parent.statistics, concat(new_train), val,
@@ -201,7 +203,7 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
         quantitative = copy.deepcopy(config.quantitative)
         quantitative.solver = chosen_plan.solver  # type: ignore[assignment]
         quant = quantitative_phase(block, train, val, quantitative, hooks,
-                                   phase_path(hooks.checkpoint_dir, PHASE), config.seed)
+                                   phase_path(hooks.checkpoint_dir, PHASE), config.seed, autocast)
         block = quant.model  # type: ignore[assignment]
         history, solver, stopped_by = quant.history, str(quant.extra.get("solver")), quant.stopped_by
         extra, best_accuracy = {}, quant.best_accuracy
@@ -224,6 +226,7 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
         "glai_trainable_params": glai_trainable_count(d, hidden, m),
         "structure_params": mlp_param_count(d, hidden, m),
         "structural_epochs": 0,
+        "training_precision": precision_label(autocast, block.theta.device),
         "incremental": {"mode": chosen, "why": why, "rows_added": rows_added,
                         "train_rows": sum(p.train_rows for p in old_parts + new_parts),
                         "new_train_rows": sum(p.train_rows for p in new_parts),

@@ -19,6 +19,7 @@ import torch
 
 from glai_core import statistics as stats_lib
 from glai_core.checkpoint import phase_path
+from glai_core.compute import resolve_precision
 from glai_core.config import TrainConfig
 from glai_core.defaults import quantitative_settings
 from glai_core.hooks import Hooks
@@ -159,7 +160,8 @@ def merge(sources: list[Source], standardizer: Standardizer, config: TrainConfig
             raise MergeError(f"refit needs the training rows of every part (missing: {missing})")
         train = concat([p.train for p in parts if p.train is not None])
         quant = quantitative_phase(start, train, val, config.quantitative, hooks,
-                                   phase_path(hooks.checkpoint_dir, PHASE), config.seed)
+                                   phase_path(hooks.checkpoint_dir, PHASE), config.seed,
+                                   resolve_precision(config.precision, start.theta.device))
         block = quant.model  # type: ignore[assignment]
         history, accuracy, solver = quant.history, quant.best_accuracy, str(quant.extra.get("solver"))
         if not quant.skipped:

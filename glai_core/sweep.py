@@ -34,7 +34,7 @@ from glai_core.defaults import adapt
 from glai_core.hooks import Cancelled, Event, Hooks
 from glai_core.metrics import evaluate, structural_distances
 from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count
-from glai_core.pipeline import RATE, architecture_match, resolve_device
+from glai_core.pipeline import RATE, architecture_match, resolve_device, resolve_precision
 from glai_core.preprocess import Standardizer
 from glai_core.solvers import quantitative_phase
 from glai_core.stacked import StackedAdam, StackedGLAI, StackedMLP, head_scores, init_heads
@@ -538,7 +538,8 @@ def _finish(best: HeadResult, structure: StructuralMLP, train: DeviceSet, val: D
             return hooks.should_stop()
 
     candidate = GLAIBlock.from_structure(structure, warm_start=config.quantitative.warm_start)
-    result = quantitative_phase(candidate, train, val, config.quantitative, _Quiet(), None, config.seed)
+    result = quantitative_phase(candidate, train, val, config.quantitative, _Quiet(), None, config.seed,
+                                resolve_precision(config.precision, train.x.device))
     loss, accuracy = evaluate(candidate, val.x, val.y)
     kept = (accuracy, -loss) > (best.val_accuracy, -best.val_loss)
     if kept:

@@ -184,6 +184,27 @@ def test_refit_mode_warm_starts_from_the_parent_and_never_ends_below_it(digits: 
                         config, RecordingHooks())
 
 
+def test_a_refit_trains_in_the_jobs_precision(digits: LoadedData) -> None:
+    """A child's phase 2 runs its steps as a fresh job's would (bf16 products where asked or native), not
+    always in fp32: the two precisions end at different weights, and the summary says which ran."""
+    standardizer = Standardizer.fit(digits.x[:450])
+    first, second = _halves(digits)
+    names = [str(c) for c in digits.class_names]
+    old, new = _placed(first, "old", standardizer), _placed(second, "new", standardizer)
+    parent_block = GLAIBlock.from_structure(_structure(64, 10, seed=5))
+    thetas = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig()
+        config.precision = precision  # type: ignore[assignment]
+        config.quantitative.solver, config.quantitative.epochs = "adam", 2
+        result = run_incremental(Parent(parent_block, standardizer, names, None), [old], [new], names, config,
+                                 RecordingHooks())
+        assert result.summary["training_precision"] == precision
+        assert result.summary["phase2_solver"] == "adam"
+        thetas[precision] = result.glai.effective_theta().detach().clone()
+    assert not torch.equal(thetas["fp32"], thetas["bf16"])
+
+
 def test_a_superset_of_classes_gets_new_output_rows(digits: LoadedData) -> None:
     """A parent on classes 0-4; the child's data adds 5-9: old outputs keep their function, the new
     classes start at zero and are fitted from the statistics."""
