@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     cancel_force_s: float = Field(
         default=120.0, description="Still not stopped after this long: the worker records 'cancelled' "
                                    "itself and exits its process (its supervisor restarts it). 0 disables.")
+    worker_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness a worker raises itself to at start (never "
+        "lowers). Training yields the CPU to the API and the database when they share a machine, as in "
+        "`glai serve`; alone on its machine a worker runs as fast as at 0.")
     worker_health_file: Path | None = Field(
         default=None, description="Touched after each reaper pass of a worker; healthchecks read its age.")
 

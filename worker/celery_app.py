@@ -20,6 +20,7 @@ process is needed.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import signals
@@ -51,6 +52,20 @@ def _identity(consumer: Any) -> tuple[str, list[str]]:
     names = [queue.name for queue in getattr(getattr(consumer, "task_consumer", None), "queues", None) or []]
     pools = [name.rsplit(".", 1)[0] if name.endswith((".high", ".low")) else name for name in names]
     return str(getattr(consumer, "hostname", None) or "unknown"), list(dict.fromkeys(pools))
+
+
+def lower_cpu_priority(nice: int) -> int:
+    """Raise this process's niceness to at least ``nice`` and return it. Called in the main thread before
+    any other starts, so the reaper, the deliverer, torch's pool and forked children all inherit it."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@signals.worker_init.connect
+def _yield_cpu(**_: Any) -> None:
+    log.info("worker niceness %d", lower_cpu_priority(get_settings().worker_nice))
 
 
 @signals.worker_ready.connect

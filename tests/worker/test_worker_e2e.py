@@ -7,6 +7,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -167,6 +168,7 @@ def test_worker_runs_a_job_to_success(backend: Backend, deploy: Callable[[Backen
     assert state == "succeeded", (job.failure_kind, job.failure_message, "\n".join(_log(dep, job_id)))
     assert job.attempts == 1 and job.progress == 1.0 and job.lease_owner is None
     assert set(job.summary) >= SUMMARY_KEYS
+    assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == 10  # GLAI_WORKER_NICE's default
     curves = _curves_by_series(dep, job_id)
     for phase in ("structural", "quantitative", "baseline"):
         assert curves[(phase, "val_accuracy")], phase

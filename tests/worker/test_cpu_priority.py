@@ -1,0 +1,32 @@
+"""A worker yields the CPU to the API and the database it shares a machine with (``GLAI_WORKER_NICE``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, nice: int = 0) -> str:
+    """Run ``code`` in a fresh interpreter started at niceness ``nice``: the change is for good."""
+    command = [sys.executable, "-c", code]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.split()
+
+
+def test_raises_niceness_and_never_lowers_it() -> None:
+    code = ("import os; from worker.celery_app import lower_cpu_priority as lower; "
+            "print(lower(7), lower(3), os.getpriority(os.PRIO_PROCESS, 0))")
+    assert _run(code) == ["7", "7", "7"]
+    assert _run(code, nice=12) == ["12", "12", "12"]  # an operator's higher niceness is kept
+
+
+def test_threads_started_afterwards_inherit_it() -> None:
+    code = ("import os, threading; from worker.celery_app import lower_cpu_priority as lower; lower(9); "
+            "seen = []; t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0))); "
+            "t.start(); t.join(); print(seen[0])")
+    assert _run(code) == ["9"]
