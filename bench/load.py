@@ -101,14 +101,18 @@ def limited_app() -> Any:
     return wrapped
 
 
-def start_service(n_jobs: int, n_finished: int, api_workers: int,
-                  thread_limit: int | None = None) -> tuple[Stack, list[str]]:
-    """The stack with a realistic job list; ``n_jobs`` of them are sent to the worker."""
+def start_service(n_jobs: int, n_finished: int, api_workers: int, thread_limit: int | None = None,
+                  worker_nice: int | None = None, training_workers: int = 1) -> tuple[Stack, list[str]]:
+    """The stack with a realistic job list; ``n_jobs`` of them are sent to the ``training_workers``
+    workers (one job each at a time). ``worker_nice``: their GLAI_WORKER_NICE (None: the default)."""
     from glai_common.queue import QUEUE, TASK_RUN_JOB, make_celery
     from glai_common.settings import Settings
 
-    stack = start_stack({"OMP_NUM_THREADS": "1", "GLAI_BENCH_THREADS": str(thread_limit or 0)},
-                        keep_logs="glai-bench", api_workers=api_workers,
+    env = {"OMP_NUM_THREADS": "1", "GLAI_BENCH_THREADS": str(thread_limit or 0)}
+    if worker_nice is not None:
+        env["GLAI_WORKER_NICE"] = str(worker_nice)
+    stack = start_stack(env,
+                        keep_logs="glai-bench", api_workers=api_workers, training_workers=training_workers,
                         api_app="bench.load:limited_app" if thread_limit else "api.main:create_app")
     try:
         ids = _insert_jobs(stack.database_url, stack.data_dir / "storage", "bench", n_jobs, n_finished)
@@ -141,7 +145,15 @@ class Stats:
             self.errors[endpoint][outcome] += 1
 
 
-async def poll_loop(base: str, key: str, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
+def poll_client(base: str, key: str) -> httpx.AsyncClient:
+    """One poller's client, one connection. Made before the clock starts: building 200 of them (each loads
+    the CA bundle) takes the generator over a CPU-second, which real clients spend on their own machines;
+    opening the connection stays inside the run."""
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30.0,
+                             limits=httpx.Limits(max_connections=1))
+
+
+async def poll_loop(client: httpx.AsyncClient, job_ids: list[str], stop_at: float, stats: Stats, seed: int,
                     mode: str, interval_s: float) -> None:
     """One client polling one job every ``interval_s`` on a fixed schedule (a late answer does not delay
     the next poll's due time, so the offered rate stays clients / interval): ``full`` reads
@@ -152,9 +164,7 @@ async def poll_loop(base: str, key: str, job_ids: list[str], stop_at: float, sta
     endpoint = "GET /v1/jobs/{id}/status" if mode == "status" else "GET /v1/jobs/{id}"
     path = f"/v1/jobs/{job_id}/status" if mode == "status" else f"/v1/jobs/{job_id}"
     etag: str | None = None
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=1)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0, limits=limits) as client:
+    async with client:
         due = time.monotonic() + rng.uniform(0.0, interval_s)  # spread the clients over the interval
         while due < stop_at:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -201,13 +211,15 @@ def pct(values: list[float], q: float) -> float:
 async def run_load(base: str, key: str, job_ids: list[str], clients: int, duration: float,
                    list_share: float, mode: str = "mixed", interval_s: float = 1.0) -> tuple[Stats, float]:
     stats = Stats()
+    pollers = [poll_client(base, key) for _ in range(clients)] if mode != "mixed" else []
     started = time.monotonic()
     stop_at = started + duration
     lag = asyncio.ensure_future(_loop_lag(stats, stop_at))
     if mode == "mixed":
         loops = [client_loop(base, key, job_ids, stop_at, stats, i, list_share) for i in range(clients)]
     else:
-        loops = [poll_loop(base, key, job_ids, stop_at, stats, i, mode, interval_s) for i in range(clients)]
+        loops = [poll_loop(client, job_ids, stop_at, stats, i, mode, interval_s)
+                 for i, client in enumerate(pollers)]
     await asyncio.gather(*loops)
     await lag
     return stats, time.monotonic() - started
@@ -220,6 +232,15 @@ async def _loop_lag(stats: Stats, stop_at: float, tick_s: float = 0.01) -> None:
         due = time.monotonic() + tick_s
         await asyncio.sleep(tick_s)
         stats.loop_lag.append((time.monotonic(), time.monotonic() - due))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process and its threads so far (/proc/<pid>/stat); 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def timeline(stats: Stats, bucket_s: float = 2.0) -> None:
@@ -308,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Each job's structural epochs (all of them run): 3000 keeps two jobs training "
                              "through a 20 s load on two cores.")
     parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--training-workers", type=int, default=1,
+                        help="Worker processes training jobs at once (one job each).")
+    parser.add_argument("--worker-nice", type=int, default=None,
+                        help="The worker's GLAI_WORKER_NICE (default: the service's, 10); 0: no yielding.")
     parser.add_argument("--thread-limit", type=int,
                         help="Cap the API's sync thread pool (see limited_app); default: the app as is.")
     parser.add_argument("--url", help="Target a running API instead of starting one.")
@@ -331,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--url needs --key and --job-ids")
         base, key, job_ids = args.url, args.key, args.job_ids
     else:
-        service, job_ids = start_service(args.jobs, args.finished, args.api_workers, args.thread_limit)
+        service, job_ids = start_service(args.jobs, args.finished, args.api_workers, args.thread_limit,
+                                         args.worker_nice, args.training_workers)
         base, key = service.url, service.key
     try:
         before = job_states(service.database_url, job_ids) if service else {}
@@ -342,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.disable()
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        served = {"API": service.api.pid} if service else {}
+        if service:  # redis is procs[0], the API procs[1], then the workers
+            served.update({f"worker {i}": p.pid for i, p in enumerate(service.procs[2:])})
+        served_before = {name: process_cpu_s(pid) for name, pid in served.items()}
         stats, elapsed = uvloop.run(run_load(base, key, polled, args.clients, args.duration, args.list_share,
                                               args.mode, args.interval))
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -352,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += report(steady(stats, args.warmup), elapsed - args.warmup, args.clients)
         timeline(stats)
         print(f"the load generator itself used {client_cpu:.1f} CPU-s ({client_cpu / elapsed:.2f} cores)")
+        for name, pid in served.items():  # the worker's share shows that a job trained through the run
+            used = process_cpu_s(pid) - served_before[name]
+            print(f"the {name} process used {used:.1f} CPU-s ({used / elapsed:.2f} cores)")
         after = job_states(service.database_url, job_ids) if service else {}
         if service:
             print(f"\njob states before the load: {before}; after: {after}")

@@ -75,7 +75,10 @@ class Stack:
 
 
 def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-stack",
-                api_app: str = "api.main:create_app", api_workers: int = 1) -> Stack:
+                api_app: str = "api.main:create_app", api_workers: int = 1,
+                training_workers: int = 1) -> Stack:
+    """``training_workers``: Celery worker processes, one job each at a time (``Stack.worker`` is the
+    first; all of them are in ``Stack.procs``)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
@@ -133,13 +136,14 @@ def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-
             cwd=REPO, env=env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True)
         procs.append(api)
-        worker = subprocess.Popen(
+        workers = [subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
              "-Q", "glai", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True)
-        procs.append(worker)
+             "--without-heartbeat", "-n", f"bench{i}@%h"],
+            cwd=REPO, env=env, stdout=open(tmp / ("worker.log" if i == 0 else f"worker{i}.log"), "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True) for i in range(training_workers)]
+        procs.extend(workers)
+        worker = workers[0]
         wait_port(api_port, 60)
     except BaseException:
         stop_all()

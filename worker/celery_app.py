@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from celery import signals
@@ -54,13 +55,32 @@ def _identity(consumer: Any) -> tuple[str, list[str]]:
     return str(getattr(consumer, "hostname", None) or "unknown"), list(dict.fromkeys(pools))
 
 
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
 def lower_cpu_priority(nice: int) -> int:
     """Raise this process's niceness to at least ``nice`` and return it. Called in the main thread before
-    any other starts, so the reaper, the deliverer, torch's pool and forked children all inherit it."""
+    any other starts, so the reaper, the deliverer, torch's pool and forked children all inherit it.
+
+    Linux's autogroup scheduling weighs sessions against each other and a niceness only within its own
+    session, so a worker that leads its own session (started with setsid, as a daemon) raises its
+    autogroup's niceness too; that group holds only the worker and its children. Under a cgroup CPU
+    controller (containers, systemd) autogroup is off and the cgroup's weight decides instead."""
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if os.getsid(0) == os.getpid():
+        _raise_autogroup_nice(nice)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _raise_autogroup_nice(nice: int) -> None:
+    try:
+        current = int(AUTOGROUP.read_text().split("nice")[-1])
+        if nice > current:
+            AUTOGROUP.write_text(str(nice))
+    except (OSError, ValueError):  # not Linux, no autogroup, or not allowed: the plain niceness stands
+        pass
 
 
 @signals.worker_init.connect
