@@ -37,7 +37,7 @@ from glai_core.cost_model import (
     phase2_seconds,
     ridge_costs,
 )
-from glai_core.defaults import quantitative_settings
+from glai_core.defaults import child_settings, quantitative_settings, section_values
 from glai_core.hooks import Hooks
 from glai_core.metrics import evaluate
 from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count, theta_shape
@@ -125,10 +125,11 @@ def plan(requested: str, cfg: QuantitativeConfig, parent_statistics: stats_lib.S
     if requested not in MODES:
         raise ValueError(f"unknown incremental mode {requested!r}: one of {', '.join(MODES)}")
     usable = parent_statistics is not None and parent_statistics.structure == parent_digest
-    cfg = quantitative_settings(cfg, n_union)  # the budgets phase 2 would run with on the union
     solver = cfg.solver
-    if solver == "auto":
-        solver = choose_phase2(n_union, n_val, d, hidden, m, cfg, device)[0].split("+")[-1]
+    if solver == "auto":  # the method a fresh job's phase 2 would take on the union: the same problem
+        fresh = quantitative_settings(cfg, n_union)
+        solver = choose_phase2(n_union, n_val, d, hidden, m, fresh, device)[0].split("+")[-1]
+    cfg = child_settings(cfg, n_new, n_union)  # the budgets the child's phase 2 runs with
     if requested == "statistics":
         if not usable:
             raise ValueError("the parent kept no sufficient statistics (its path features did not fit "
@@ -185,6 +186,8 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
     rows_added = sum(p.train_rows + len(p.val) for p in new_parts)
     new_train = [p.train for p in new_parts if p.train is not None]
     result_stats: stats_lib.Statistics | None = None
+    chosen_settings: dict[str, str] = {}  # why each automatic phase-2 value was picked (refit)
+    effective: dict[str, Any] = {"chosen": chosen_settings}
     warm = evaluate(block, val.x, val.y)[1]
     autocast = resolve_precision(config.precision, block.theta.device)  # as a fresh job's phase 2
     if chosen == "statistics":
@@ -200,13 +203,15 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
         if missing:
             raise ValueError(f"refit needs the training rows of every part (missing: {missing})")
         train = concat([p.train for p in old_parts + new_parts if p.train is not None])
-        quantitative = copy.deepcopy(config.quantitative)
+        quantitative = child_settings(config.quantitative, sum(p.train_rows for p in new_parts), len(train),
+                                      chosen_settings)
         quantitative.solver = chosen_plan.solver  # type: ignore[assignment]
         quant = quantitative_phase(block, train, val, quantitative, hooks,
                                    phase_path(hooks.checkpoint_dir, PHASE), config.seed, autocast)
         block = quant.model  # type: ignore[assignment]
         history, solver, stopped_by = quant.history, str(quant.extra.get("solver")), quant.stopped_by
-        extra, best_accuracy = {}, quant.best_accuracy
+        extra, best_accuracy = {"epochs": quantitative.epochs}, quant.best_accuracy
+        effective = {"quantitative": section_values(quantitative), "chosen": chosen_settings}
         if not quant.skipped:
             hooks.on_phase_end(PHASE, {"best_accuracy": quant.best_accuracy, "steps": float(len(history)),
                                        "seconds": quant.seconds})
@@ -227,6 +232,7 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
         "structure_params": mlp_param_count(d, hidden, m),
         "structural_epochs": 0,
         "training_precision": precision_label(autocast, block.theta.device),
+        "effective_settings": effective,
         "incremental": {"mode": chosen, "why": why, "rows_added": rows_added,
                         "train_rows": sum(p.train_rows for p in old_parts + new_parts),
                         "new_train_rows": sum(p.train_rows for p in new_parts),

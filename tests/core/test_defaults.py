@@ -6,9 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glai_core.config import TrainConfig
+from glai_core.config import QuantitativeConfig, TrainConfig
 from glai_core.data import LoadedData, builtin
-from glai_core.defaults import AUTO_FIELDS, RULES, adapt, adaptive_reduction, batch_size, epochs_for
+from glai_core.defaults import (
+    AUTO_FIELDS,
+    RULES,
+    adapt,
+    adaptive_reduction,
+    batch_size,
+    child_settings,
+    epochs_for,
+    quantitative_settings,
+)
 from glai_core.hooks import RecordingHooks
 from glai_core.model import glai_trainable_count, match_parameters, mlp_param_count
 from glai_core.pipeline import architecture_match, run_pipeline
@@ -27,6 +36,18 @@ def test_budgets_are_optimiser_steps_converted_to_epochs() -> None:
     assert epochs_for(300, 60_000, 512) == 3  # 118 steps per epoch
     assert epochs_for(300, 60_000, 512, floor=10) == 10
     assert epochs_for(10**9, 90, 16) == 1000  # never above the service's default epoch limit
+
+
+def test_a_childs_phase2_budget_is_the_fresh_one_times_the_new_rows_share() -> None:
+    fresh = quantitative_settings(QuantitativeConfig(), 3_200)
+    assert fresh.epochs == 13  # 25 steps per epoch: 320 steps
+    chosen: dict[str, str] = {}
+    half = child_settings(QuantitativeConfig(), 1_600, 3_200, chosen)
+    assert half.epochs == 7 and "50%" in chosen["quantitative.epochs"]
+    assert (half.batch_size, half.patience) == (fresh.batch_size, fresh.patience)  # as the fresh job's
+    assert child_settings(QuantitativeConfig(), 100, 3_200).epochs == RULES.min_child_epochs
+    given = QuantitativeConfig(epochs=20)
+    assert child_settings(given, 1_600, 3_200).epochs == 20  # an explicit budget is kept
 
 
 def test_unset_fields_are_chosen_and_explained_given_ones_kept() -> None:

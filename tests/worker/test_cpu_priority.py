@@ -29,8 +29,8 @@ def test_raises_niceness_and_never_lowers_it() -> None:
 
 def test_threads_started_afterwards_inherit_it() -> None:
     code = ("import os, threading; from worker.celery_app import lower_cpu_priority as lower; lower(9); "
-            "seen = []; t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0))); "
-            "t.start(); t.join(); print(seen[0])")
+            "seen = []; read = lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)); "
+            "t = threading.Thread(target=read); t.start(); t.join(); print(seen[0])")
     assert _run(code) == ["9"]
 
 
