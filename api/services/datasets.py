@@ -232,13 +232,16 @@ def _put(storage: Storage, key: str, item: Path) -> None:
     storage.put_file(key, item)
 
 
-def _store(db: Session, storage: Storage, staging: Path, row: Dataset) -> Dataset:
-    """Move staged files under the row's key (datasets/<id>), then commit the row; undo the files if
-    that fails."""
+def _store(db: Session, storage: Storage, staging: Path, row: Dataset, quota_bytes: int,
+           field: str) -> Dataset:
+    """Move staged files under the row's key (datasets/<id>), then check the quota under the owner's lock
+    and commit the row; undo the files if either fails. The files go first, outside the lock: a large
+    copy never holds up the owner's other uploads (nor, on SQLite, every other writer)."""
     try:
         for item in sorted(staging.iterdir()):
             if item.is_file():
                 _put(storage, f"{row.storage_key}/{item.name}", item)
+        quota.reserve(db, row.owner, int(row.stored_bytes or 0), quota_bytes, field)
         db.add(row)
         db.commit()
     except BaseException:
@@ -263,7 +266,7 @@ def create_from_upload(db: Session, storage: Storage, tmp_dir: Path, owner: str,
                       n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
                       n_validation=info.n_validation, class_names=info.class_names,
                       storage_key=f"datasets/{ident}")
-        return _store(db, storage, staging, row)
+        return _store(db, storage, staging, row, spec.limits.owner_quota_bytes, "file")
 
 
 def create_builtin(db: Session, storage: Storage, tmp_dir: Path, owner: str, name: str, seed: int,
@@ -296,7 +299,7 @@ def create_builtin(db: Session, storage: Storage, tmp_dir: Path, owner: str, nam
                       n_samples=info.n_samples, n_features=info.n_features, n_classes=info.n_classes,
                       n_validation=info.n_validation, class_names=info.class_names,
                       storage_key=f"datasets/{ident}")
-        return _store(db, storage, staging, row)
+        return _store(db, storage, staging, row, quota_bytes, "name")
 
 
 MAX_DUPLICATES = 10

@@ -3,15 +3,16 @@ stored, checked before a new one is committed.
 
 An upload is read into a staging directory first (bounded by GLAI_MAX_DECOMPRESSED_BYTES), so its stored
 size is known exactly before anything lands in storage; one over the quota is a 413 and leaves nothing.
-Two uploads racing past the quota at the same moment may both land: the quota bounds growth, it is no
-lock. Rows from before the size was recorded count their upload size.
+The last check (``reserve``) runs in the transaction that inserts the row, under a per-owner lock held to
+its commit, so two uploads racing for the last bytes cannot both land. Rows from before the size was
+recorded count their upload size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
@@ -44,3 +45,22 @@ def check(db: Session, owner: str, adding: int, quota: int, field: str | None) -
     raise ApiError(413, f"{what} your datasets' {_gb(used)} past your storage quota of {_gb(quota)} "
                         f"({SETTING}); delete datasets you no longer need", field,
                    extra={"used_bytes": used, "quota_bytes": quota})
+
+
+def lock_owner(db: Session, owner: str) -> None:
+    """Serialise quota decisions of one owner until this transaction ends. PostgreSQL: a transaction-level
+    advisory lock on the owner (other owners never wait). SQLite: the database's write lock, taken by a
+    write that changes nothing (a deferred transaction would let two readers pass the check)."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                   {"key": f"glai-quota:{owner}"})
+    else:
+        db.execute(text("UPDATE datasets SET owner = owner WHERE 0 = 1"))
+
+
+def reserve(db: Session, owner: str, adding: int, quota: int, field: str | None) -> None:
+    """``check`` under ``lock_owner``: call it in the transaction that then inserts the row and commits."""
+    if quota <= 0:
+        return
+    lock_owner(db, owner)
+    check(db, owner, adding, quota, field)
