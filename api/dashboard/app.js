@@ -722,6 +722,21 @@
       });
       head.append(h("div", { class: "head-actions" }, button));
     }
+    if (job.state === "failed" && job.failure_kind !== "user_error") {
+      // POST /jobs/{id}/resume: on from its checkpoints, within its attempts (the API's 409 says when not).
+      const button = h("button", { type: "button", class: "secondary", text: "Resume job" });
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          await request(`/jobs/${encodeURIComponent(job.id)}/resume`, "POST");
+          if (activeView && activeView.poke) activeView.poke();
+        } catch (err) {
+          button.disabled = false;
+          handleFailure(err);
+        }
+      });
+      head.append(h("div", { class: "head-actions" }, button));
+    }
     return h("section", { class: "card job-head", "aria-labelledby": "job-title" }, ...parts);
   }
 

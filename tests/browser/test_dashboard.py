@@ -346,3 +346,30 @@ def test_active_jobs_refresh_live(server, page, screenshots) -> None:  # type: i
     finally:
         engine.dispose()
     assert page.errors == [], page.errors
+
+
+def test_a_failed_job_can_be_resumed(server, page, screenshots) -> None:  # type: ignore[no-untyped-def]
+    """Last in the module: it sends the seeded failed job (gpu_oom, 1 attempt of 3) back to the queue."""
+    base, seeded = server
+    from sqlalchemy.orm import Session
+
+    from glai_common.db import make_engine
+    from glai_common.models import Job
+
+    page.goto(f"{base}/dashboard#token={seeded.key}")
+    page.locator("tr[data-job-id]").first.wait_for()
+    page.goto(f"{base}/dashboard#/jobs/{seeded.failed_job_id}")
+    resume = page.get_by_role("button", name="Resume job")
+    resume.wait_for()
+    resume.click()
+    page.locator(".job-head .badge.state-queued").wait_for(timeout=10_000)  # the view reloaded the job
+    assert page.get_by_role("button", name="Resume job").count() == 0
+    assert page.get_by_role("button", name="Cancel job").is_visible()
+    engine = make_engine(seeded.database_url)
+    try:
+        with Session(engine) as session:
+            assert session.get(Job, seeded.failed_job_id).state == "queued"
+    finally:
+        engine.dispose()
+    page.screenshot(path=str(screenshots / "resumed.png"), full_page=True)
+    assert page.errors == [], page.errors
