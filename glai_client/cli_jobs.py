@@ -25,10 +25,11 @@ jobs_app = typer.Typer(help="List, resume and delete jobs (submit, status, watch
 
 
 def list_jobs(state: str | None, limit: int, cursor: str | None, as_json: bool, name: str | None = None,
-              dataset_id: str | None = None) -> None:
+              dataset_id: str | None = None, tags: list[str] | None = None) -> None:
     try:
         with client() as api:
-            page = api.list_jobs(state=state, limit=limit, cursor=cursor, name=name, dataset_id=dataset_id)
+            page = api.list_jobs(state=state, limit=limit, cursor=cursor, name=name, dataset_id=dataset_id,
+                                 tags=tags)
     except GlaiError as exc:
         raise fail(exc) from exc
     if as_json:
@@ -52,10 +53,12 @@ def jobs_list(
     cursor: CursorOption = None,
     name: Annotated[str | None, typer.Option(help="Only jobs submitted with this --name.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Only jobs on this dataset id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only jobs with this --tag (repeat: all of them).")
+                   ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
     """List your jobs, newest first (`glai status` without a job id lists them too)."""
-    list_jobs(state, limit, cursor, as_json, name=name, dataset_id=dataset)
+    list_jobs(state, limit, cursor, as_json, name=name, dataset_id=dataset, tags=tag)
 
 
 @jobs_app.command("delete")

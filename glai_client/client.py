@@ -212,11 +212,13 @@ class GlaiClient:
 
     def list_jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None,
                   created_after: str | None = None, created_before: str | None = None,
-                  dataset_id: str | None = None, name: str | None = None) -> Page:
-        params = {k: v for k, v in {"state": state, "limit": limit, "cursor": cursor,
-                                    "created_after": created_after, "created_before": created_before,
-                                    "dataset_id": dataset_id, "name": name}.items()
-                  if v is not None}
+                  dataset_id: str | None = None, name: str | None = None,
+                  tags: list[str] | None = None) -> Page:
+        """One page, newest first; the filters combine (``tags``: jobs carrying every one of them)."""
+        params: dict[str, Any] = {k: v for k, v in {
+            "state": state, "limit": limit, "cursor": cursor, "created_after": created_after,
+            "created_before": created_before, "dataset_id": dataset_id, "name": name,
+            "tag": list(tags) if tags else None}.items() if v is not None}
         return cast(Page, self._request("GET", "/v1/jobs", params=params).json())
 
     def iter_jobs(self, state: str | None = None) -> Iterator[Job]:

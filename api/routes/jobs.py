@@ -91,13 +91,15 @@ def list_jobs(
     parent_job_id: Annotated[str | None, Query(pattern="^[0-9a-f]{32}$",
                                                description="Only the children of this job (incremental "
                                                "jobs that continue it).")] = None,
+    tag: Annotated[list[str] | None, Query(description="Only jobs with this tag (exactly); repeat it for "
+                                           "jobs with every one of several (at most 8).")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> JobList:
     """Filters combine (all must hold); a page is `limit` jobs, newest first. Unknown parameters are a 422."""
     rows, next_cursor = jobs.list_owned(db, owner, state=state, created_after=created_after,
                                         created_before=created_before, dataset_id=dataset_id, name=name,
-                                        parent_job_id=parent_job_id, limit=limit, cursor=cursor)
+                                        parent_job_id=parent_job_id, tags=tag, limit=limit, cursor=cursor)
     return JobList(items=[job_brief(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, cast, exists, func, select
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -175,11 +176,30 @@ def get_owned(db: Session, owner: str, job_id: str) -> Job:
     return job
 
 
+MAX_TAG_FILTERS = 8
+
+
+def has_tag(db: Session, tag: str) -> ColumnElement[bool]:
+    """Jobs whose ``tags`` hold ``tag`` exactly: JSON containment on PostgreSQL, ``json_each`` on SQLite."""
+    if db.get_bind().dialect.name == "postgresql":
+        return cast(Job.tags, JSONB).contains([tag])
+    each = func.json_each(Job.tags).table_valued("value")
+    return exists(select(1).select_from(each).where(each.c.value == tag))
+
+
 def list_owned(db: Session, owner: str, *, state: str | None, created_after: datetime | None,
                created_before: datetime | None, limit: int, cursor: str | None,
                dataset_id: str | None = None, name: str | None = None,
-               parent_job_id: str | None = None) -> tuple[list[Job], str | None]:
+               parent_job_id: str | None = None,
+               tags: list[str] | None = None) -> tuple[list[Job], str | None]:
     query = select(Job).where(Job.owner == owner)
+    if tags:
+        if len(tags) > MAX_TAG_FILTERS:
+            raise ApiError(422, f"at most {MAX_TAG_FILTERS} tag filters (got {len(tags)})", "tag")
+        for tag in dict.fromkeys(tags):
+            if not 1 <= len(tag) <= 64:
+                raise ApiError(422, "a tag is 1 to 64 characters", "tag")
+            query = query.where(has_tag(db, tag))
     if parent_job_id is not None:
         query = query.where(Job.parent_job_id == parent_job_id)
     if dataset_id is not None:

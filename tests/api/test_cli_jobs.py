@@ -146,3 +146,6 @@ def test_submit_with_a_name_and_tags_and_list_by_name(cli_env: Api) -> None:
     listed = run("jobs", "list", "--name", "iris-run")
     assert job in listed and other not in listed and "#sweep" in listed
     assert job in run("jobs", "list", "--dataset", ds)
+    tagged = run("jobs", "list", "--tag", "sweep", "--tag", "a b")
+    assert job in tagged and other not in tagged
+    assert job not in run("jobs", "list", "--tag", "sweep", "--tag", "nope")

@@ -68,6 +68,30 @@ def test_jobs_filter_by_dataset_and_name(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "dataset_id"
 
 
+def test_jobs_filter_by_tags(api: Api) -> None:
+    ds = dataset_id(api)
+    a = submit(api, ds, tags=["baseline", "lr-3e-4"]).json()["id"]
+    b = submit(api, ds, tags=["baseline"]).json()["id"]
+    c = submit(api, ds, tags=["base", "sweep \"q\" 100%"]).json()["id"]  # quotes, a prefix, a %
+    submit(api, ds)
+
+    def ids(*tags: str, **params: str) -> list[str]:
+        response = api.client.get("/v1/jobs", params={"tag": list(tags), **params})
+        assert response.status_code == 200, response.text
+        return [job["id"] for job in response.json()["items"]]
+
+    assert ids("baseline") == [b, a]
+    assert ids("baseline", "lr-3e-4") == [a]  # every one of them
+    assert ids("base") == [c]  # exact: not a prefix of "baseline"
+    assert ids('sweep "q" 100%') == [c] and ids("sweep") == [] and ids("%") == []
+    assert ids("baseline", dataset_id=ds, limit="1") == [b]
+    other = {"Authorization": f"Bearer {api.new_key()}"}
+    assert api.client.get("/v1/jobs", params={"tag": "baseline"}, headers=other).json()["items"] == []
+    many = api.client.get("/v1/jobs", params={"tag": [f"t{i}" for i in range(9)]})
+    assert many.status_code == 422 and many.json()["field"] == "tag"
+    assert api.client.get("/v1/jobs", params={"tag": "x" * 65}).status_code == 422
+
+
 @pytest.mark.parametrize(("path", "query", "name"), [
     ("/v1/jobs", "dataset=abc", "dataset"),  # the filter is dataset_id: never silently every job
     ("/v1/jobs", "limit=5&stat=failed", "stat"),
