@@ -708,36 +708,30 @@
     }
     const head = parts[0];
     if (job.state === "queued" || job.state === "running") {
-      const button = h("button", { type: "button", class: "secondary danger", text: "Cancel job" });
-      button.addEventListener("click", async () => {
-        if (!window.confirm(`Cancel job ${shortId(job.id)}? Its progress so far is kept.`)) return;
-        button.disabled = true;
-        try {
-          await request(`/jobs/${encodeURIComponent(job.id)}/cancel`, "POST");
-          if (activeView && activeView.poke) activeView.poke();
-        } catch (err) {
-          button.disabled = false;
-          handleFailure(err);
-        }
-      });
-      head.append(h("div", { class: "head-actions" }, button));
-    }
-    if (job.state === "failed" && job.failure_kind !== "user_error") {
-      // POST /jobs/{id}/resume: on from its checkpoints, within its attempts (the API's 409 says when not).
-      const button = h("button", { type: "button", class: "secondary", text: "Resume job" });
-      button.addEventListener("click", async () => {
-        button.disabled = true;
-        try {
-          await request(`/jobs/${encodeURIComponent(job.id)}/resume`, "POST");
-          if (activeView && activeView.poke) activeView.poke();
-        } catch (err) {
-          button.disabled = false;
-          handleFailure(err);
-        }
-      });
-      head.append(h("div", { class: "head-actions" }, button));
+      head.append(jobAction(job, "cancel", "Cancel job", "secondary danger",
+        `Cancel job ${shortId(job.id)}? Its progress so far is kept.`));
+    } else if (job.state === "failed" && job.failure_kind !== "user_error") {
+      // On from its checkpoints, within its attempts (the API's 409 says when not).
+      head.append(jobAction(job, "resume", "Resume job", "secondary"));
     }
     return h("section", { class: "card job-head", "aria-labelledby": "job-title" }, ...parts);
+  }
+
+  // A button that POSTs /jobs/{id}/<action> (after a confirmation, if given) and reloads the view.
+  function jobAction(job, action, label, cls, confirmation = null) {
+    const button = h("button", { type: "button", class: cls, text: label });
+    button.addEventListener("click", async () => {
+      if (confirmation && !window.confirm(confirmation)) return;
+      button.disabled = true;
+      try {
+        await request(`/jobs/${encodeURIComponent(job.id)}/${action}`, "POST");
+        if (activeView && activeView.poke) activeView.poke();
+      } catch (err) {
+        button.disabled = false;
+        handleFailure(err);
+      }
+    });
+    return h("div", { class: "head-actions" }, button);
   }
 
   function chartsSection(groups, job) {

@@ -7,15 +7,12 @@ touch belongs to an owner created for that test.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.deps import Services
@@ -25,6 +22,7 @@ from glai_common.migrate import upgrade
 from glai_common.settings import Settings
 from tests.api.helpers import Api
 from tests.conftest import fresh_postgres_database
+from tests.uvicorn_thread import serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -82,15 +80,5 @@ def api(make_api: Callable[..., Api]) -> Api:
 def server(make_api: Callable[..., Api]) -> Iterator[tuple[Api, str]]:
     """The app on a real socket (uvicorn in a thread): (api, base URL)."""
     api = make_api(max_upload_bytes=200_000)
-    config = uvicorn.Config(api.client.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield api, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(api.client.app, lifespan="off") as url:
+        yield api, url

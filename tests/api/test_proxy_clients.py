@@ -4,35 +4,20 @@ address in ``X-Forwarded-For``. Over a real socket, with uvicorn as compose runs
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import httpx
-import uvicorn
 
 from tests.api.helpers import Api
+from tests.uvicorn_thread import serve_in_thread
 
 WRONG = {"Authorization": "Bearer glai_" + "x" * 43}
 
 
-@contextmanager
-def _serve(api: Api, forwarded_allow_ips: str) -> Iterator[str]:
-    config = uvicorn.Config(api.client.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
-                            proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+def _serve(api: Api, forwarded_allow_ips: str) -> AbstractContextManager[str]:
+    return serve_in_thread(api.client.app, lifespan="off", proxy_headers=True,
+                           forwarded_allow_ips=forwarded_allow_ips)
 
 
 def _as(client: str) -> dict[str, str]:
