@@ -107,6 +107,7 @@ T_LOOP=${T_LOOP:-45}  # each of the three loop-efficiency runs
 T_GLAI=${T_GLAI:-120}
 T_BUDGET=${T_BUDGET:-70}
 T_SEEDS=${T_SEEDS:-60}
+T_SWEEP=${T_SWEEP:-150}
 T_SERVICE=${T_SERVICE:-240}
 DEV=${BENCH_DEVICE:-cuda}  # cpu only for a local dry run of the benchmark steps
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # e.g. --quick for a dry run
@@ -214,6 +215,8 @@ if [[ $RUN_BENCH -eq 1 ]]; then
         --tasks "${TASKS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
     step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
         ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
+    # issue 17: K=8 heads against one head, where one head leaves the device idle (bar: about 1x)
+    step sweep "$T_SWEEP" "$PY" -m bench.sweep --device "$DEV" --tasks digits,mnist-5k --repeats 3
 else
     echo "=== glai_vs_mlp: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" | tee "$OUT/glai_vs_mlp.log"
     SUMMARY+=("glai_vs_mlp skipped")
