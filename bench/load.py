@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.disable()
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         served = {"API": service.api.pid} if service else {}
-        if service:  # redis is procs[0], the API procs[1], then the workers
-            served.update({f"worker {i}": p.pid for i, p in enumerate(service.procs[2:])})
+        if service:
+            served.update({f"worker {i}": p.pid for i, p in enumerate(service.workers)})
         served_before = {name: process_cpu_s(pid) for name, pid in served.items()}
         stats, elapsed = uvloop.run(run_load(base, key, polled, args.clients, args.duration, args.list_share,
                                               args.mode, args.interval))

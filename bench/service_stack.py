@@ -55,6 +55,7 @@ class Stack:
     api: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # every training worker
     cleanup: list[Any] = field(default_factory=list)
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
@@ -77,8 +78,8 @@ class Stack:
 def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-stack",
                 api_app: str = "api.main:create_app", api_workers: int = 1,
                 training_workers: int = 1) -> Stack:
-    """``training_workers``: Celery worker processes, one job each at a time (``Stack.worker`` is the
-    first; all of them are in ``Stack.procs``)."""
+    """``training_workers``: Celery worker processes, one job each at a time (``Stack.workers``;
+    ``Stack.worker`` is the first)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
@@ -149,7 +150,7 @@ def start_stack(extra_env: dict[str, str] | None = None, keep_logs: str = "glai-
         stop_all()
         raise
     return Stack(f"http://127.0.0.1:{api_port}", issued.key, database_url, env["GLAI_BROKER_URL"], tmp, api,
-                 worker, procs, [drop])
+                 worker, procs, cleanup=[drop], workers=workers)
 
 
 def wait_worker_ready(stack: Stack, timeout: float = 60.0) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glai_core.compute import resolve_device, resolve_precision
 from glai_core.config import TrainConfig
 from glai_core.cost_model import ridge_costs
 from glai_core.data import LoadedData
@@ -34,7 +35,7 @@ from glai_core.defaults import adapt
 from glai_core.hooks import Cancelled, Event, Hooks
 from glai_core.metrics import evaluate, structural_distances
 from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count
-from glai_core.pipeline import RATE, architecture_match, resolve_device, resolve_precision
+from glai_core.pipeline import RATE, architecture_match
 from glai_core.preprocess import Standardizer
 from glai_core.solvers import quantitative_phase
 from glai_core.stacked import StackedAdam, StackedGLAI, StackedMLP, head_scores, init_heads

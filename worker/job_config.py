@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from glai_core.defaults import ADAPTED  # the sections adapt fills in
+
 FORMAT = "glai-job-config"
 FORMAT_VERSION = 1
-ADAPTED_SECTIONS = ("structural", "quantitative", "baseline")  # what glai_core.defaults.adapt fills in
 MATCH_KEYS = ("reference_hidden", "glai_hidden", "reduction_factor", "parameter_matched", "mlp_params",
               "glai_trainable_params", "structure_params")
 
@@ -23,7 +24,7 @@ def effective_config(config: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """``config`` (the TrainConfig the worker handed to the pipeline) with the values the pipeline chose."""
     resolved = copy.deepcopy(config.to_dict())
     effective = summary.get("effective_settings") or {}
-    for section in ADAPTED_SECTIONS:
+    for section in ADAPTED:
         resolved[section].update(effective.get(section) or {})
     if summary.get("reduction_factor") is not None:
         resolved["architecture"]["reduction_factor"] = float(summary["reduction_factor"])
