@@ -47,6 +47,7 @@ from glai_core.lbfgs import LbfgsSettings, lbfgs_fit
 from glai_core.metrics import evaluate_sums
 from glai_core.model import GLAIBlock, StructuralMLP
 from glai_core.paths import chunk_rows, feature_dim, flat_weights, path_features, unflat_weights
+from glai_core.spd import spd_solve
 from glai_core.train import (
     EVAL_BATCH,
     Best,
@@ -141,8 +142,8 @@ def path_kernel(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Ten
     for level, (ga, gb) in enumerate(zip(gates_a, gates_b, strict=True)):
         shared = ga.to(xa.dtype) @ gb.to(xa.dtype).T
         if level < last:
-            shared = shared + 1.0  # the always-on unit
-        kernel *= shared.double()
+            shared += 1.0  # the always-on unit
+        kernel.mul_(shared)  # float32 counts into the float64 kernel: no float64 copy of them
     return kernel
 
 
@@ -153,8 +154,9 @@ def dual_solve(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lamb
     Exact (same minimiser as the primal) and cheaper whenever N < D, which is the common case for
     parameter-matched blocks (D = P_mlp / m). W = prior + F^T alpha, c = mean(R) - mean(K alpha), with
     R = Y - F prior and K_c the doubly centred kernel (the intercept stays free). Every lambda of the grid
-    costs one N x N Cholesky and is scored on validation through K_val alpha (temperature included), so
-    only the chosen one pays for F^T alpha. Returns (flat W, absolute lambda, relative lambda).
+    costs one N x N Cholesky (float32, refined to float64 accuracy: ``spd.spd_solve``) and is scored on
+    validation through K_val alpha (temperature included), so only the chosen one pays for F^T alpha.
+    Returns (flat W, absolute lambda, relative lambda).
     """
     assert train.gates is not None and val.gates is not None
     op, val_op = _Operator(block, train), _Operator(block, val)
@@ -181,12 +183,11 @@ def dual_solve(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lamb
         lam = relative * scale
         kernel.diagonal().add_(lam)
         try:
-            factor, info = torch.linalg.cholesky_ex(kernel)
+            alpha, ok = spd_solve(kernel, centred)  # sums to zero over rows: 1^T K_c = 0
         finally:
             kernel.diagonal().sub_(lam)
-        if int(info) != 0:
+        if not bool(ok):
             continue
-        alpha = torch.cholesky_solve(centred, factor)  # sums to zero over rows: 1^T K_c = 0
         bias = residual_mean - row_mean @ alpha
         out = val_base + val_kernel @ alpha + bias
         scaled = out * fit_temperature(out, val.y)

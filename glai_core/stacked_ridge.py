@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glai_core.solvers import fit_temperature, full_fp32_matmul
+from glai_core.spd import spd_solve
 from glai_core.stacked import StackedGLAI, glai_logits
 from glai_core.train import EVAL_BATCH
 
@@ -34,13 +35,17 @@ def _kernels(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor
     """(K, Na, Nb) path kernels F_a F_b^T of every head, float64 (as ``solvers.path_kernel``)."""
     with full_fp32_matmul():
         shared = (xa @ xb.T + 1.0).double()
-    kernel = shared.unsqueeze(0).repeat(gates_a[0].shape[0], 1, 1)
+    kernel: Tensor | None = None
     last = len(gates_a) - 1
     for level, (ga, gb) in enumerate(zip(gates_a, gates_b, strict=True)):
         counts = torch.bmm(ga.to(xa.dtype), gb.to(xa.dtype).transpose(1, 2))
         if level < last:
-            counts = counts + 1.0
-        kernel *= counts.double()
+            counts += 1.0
+        if kernel is None:  # the first level allocates the (K, Na, Nb) float64 result, the rest scale it
+            kernel = counts.double().mul_(shared)
+        else:
+            kernel.mul_(counts)
+    assert kernel is not None
     return kernel
 
 
@@ -106,13 +111,12 @@ def _solve_chunk(model: StackedGLAI, heads: slice, dims: list[int], x: Tensor, y
     for relative in relative_lambdas:
         lam = relative * diag_scale
         kernel[:, eye, eye] += lam.unsqueeze(1)
-        factor, info = torch.linalg.cholesky_ex(kernel)
+        alpha, ok = spd_solve(kernel, centred)
         kernel[:, eye, eye] -= lam.unsqueeze(1)
-        alpha = torch.cholesky_solve(centred, factor)
         bias = residual_mean - torch.bmm(row_mean.unsqueeze(1), alpha).squeeze(1)
         out = val_base + torch.bmm(val_kernel, alpha) + bias.unsqueeze(1)
         for h in range(k):
-            if int(info[h]) != 0:
+            if not bool(ok[h]):
                 continue
             temperature = fit_temperature(out[h], val_y)
             scaled = out[h] * temperature

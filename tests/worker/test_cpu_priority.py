@@ -39,7 +39,7 @@ def test_a_session_leader_lowers_its_autogroup_and_no_one_elses() -> None:
     """Autogroup weighs sessions, not nice values: a worker alone in its session lowers its group; one
     started inside someone's session (``glai serve``'s, a test's) must leave that session's group alone.
     A process in the root group (started by a daemon that never called setsid) reads the file as empty."""
-    code = ("import sys; from pathlib import Path; from worker.celery_app import lower_cpu_priority as lower; "
-            "lower(6); sys.stdout.write(Path('/proc/self/autogroup').read_text())")
+    code = ("import sys; from pathlib import Path; from worker.celery_app import lower_cpu_priority; "
+            "lower_cpu_priority(6); sys.stdout.write(Path('/proc/self/autogroup').read_text())")
     assert _run(code, own_session=True)[-2:] == ["nice", "6"]
     assert _run(code) == Path("/proc/self/autogroup").read_text().split()
