@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from glai_core.model import GLAIBlock
 from glai_core.paths import chunk_rows, feature_dim, flat_weights, path_features
+from glai_core.spd import solve_with_factor
 from glai_core.train import EVAL_BATCH, DeviceSet
 
 
@@ -122,7 +123,7 @@ class _BlockJacobi:
     def __call__(self, r: Tensor) -> Tensor:
         m, width = r.shape[0], r.shape[-1]
         blocks = r.reshape(m, -1, width).permute(1, 2, 0)  # (prefixes, d+1, m)
-        z = torch.cholesky_solve(blocks, self.factor)
+        z = solve_with_factor(self.factor, blocks)
         return z.permute(2, 0, 1).reshape(r.shape)
 
 

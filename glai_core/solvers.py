@@ -47,7 +47,7 @@ from glai_core.lbfgs import LbfgsSettings, lbfgs_fit
 from glai_core.metrics import evaluate_sums
 from glai_core.model import GLAIBlock, StructuralMLP
 from glai_core.paths import chunk_rows, feature_dim, flat_weights, path_features, unflat_weights
-from glai_core.spd import spd_solve
+from glai_core.spd import solve_with_factor, spd_solve
 from glai_core.train import (
     EVAL_BATCH,
     Best,
@@ -112,7 +112,7 @@ def cholesky_solve(gram: Tensor, rhs: Tensor, lam: float, prior: Tensor | None =
         finally:
             gram.diagonal().sub_(shift)
         if int(info) == 0:
-            return torch.cholesky_solve(target, factor)
+            return solve_with_factor(factor, target)
     raise RuntimeError("normal matrix is not positive definite even with jitter")
 
 

@@ -19,8 +19,9 @@ from torch import Tensor
 MAX_REFINEMENTS = 10
 
 
-def _solve_with(factor: Tensor, rhs: Tensor) -> Tensor:
-    """L L^T x = rhs by two triangular solves (on a CPU several times faster than ``cholesky_solve``)."""
+def solve_with_factor(factor: Tensor, rhs: Tensor) -> Tensor:
+    """L L^T x = rhs by two triangular solves: on a CPU 2-3x faster than ``cholesky_solve`` from about 128
+    unknowns up (a few percent slower on tiny systems, where either takes microseconds)."""
     inner = torch.linalg.solve_triangular(factor, rhs, upper=False)
     return torch.linalg.solve_triangular(factor.mT, inner, upper=True)
 
@@ -38,13 +39,13 @@ def refined_solve(matrix: Tensor, rhs: Tensor) -> Tensor | None:
     factor, info = torch.linalg.cholesky_ex(matrix.float())
     if not bool((info == 0).all()):
         return None
-    x = _solve_with(factor, rhs.float()).double()
+    x = solve_with_factor(factor, rhs.float()).double()
     matrix_norm = torch.linalg.vector_norm(matrix, ord=1, dim=-1).amax(dim=-1)  # no N x N copy
     for _ in range(MAX_REFINEMENTS):
         residual = rhs - matrix @ x
         if _converged(matrix, x, residual, matrix_norm):
             return x
-        x = x + _solve_with(factor, residual.float()).double()
+        x = x + solve_with_factor(factor, residual.float()).double()
     return None
 
 
@@ -58,7 +59,7 @@ def spd_solve(matrix: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
     if x is not None:
         return x, torch.ones(matrix.shape[:-2], dtype=torch.bool, device=matrix.device)
     factor, info = torch.linalg.cholesky_ex(matrix)
-    return _solve_with(factor, rhs), info == 0
+    return solve_with_factor(factor, rhs), info == 0
 
 
-__all__ = ["refined_solve", "spd_solve"]
+__all__ = ["refined_solve", "solve_with_factor", "spd_solve"]
