@@ -15,10 +15,11 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import anyio
 from fastapi import Request
 from fastapi.params import Query
 
-from api.deps import OwnerDep
+from api.deps import BearerDep, ServicesDep, current_owner
 from api.errors import ApiError
 
 log = logging.getLogger("glai.api")
@@ -42,17 +43,20 @@ def query_names(endpoint: Callable[..., Any]) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def known_query(request: Request, _owner: OwnerDep) -> None:
-    """Refuse a query parameter the operation does not take (after auth: a 401 comes first)."""
+async def known_query(request: Request, services: ServicesDep, credentials: BearerDep) -> None:
+    """Refuse a query parameter the operation does not take. The key is checked first (a 401 before the
+    422), but only where there is something to refuse: every operation authenticates its own request, so a
+    request without unknown parameters (a status poll) pays for no second key lookup and no thread."""
     route = request.scope.get("route")
     endpoint = getattr(route, "endpoint", None)
-    if endpoint is None:
+    if endpoint is None or not request.query_params:
         return
     allowed = query_names(endpoint)
     if allowed is None:
         return
     unknown = [key for key in dict.fromkeys(request.query_params.keys()) if key not in allowed]
     if unknown:
+        await anyio.to_thread.run_sync(current_owner, request, services, credentials)  # 401 / 429 first
         takes = f"it takes: {', '.join(sorted(allowed))}" if allowed else "it takes none"
         raise ApiError(422, f"unknown query parameter {unknown[0][:64]!r} for {request.method} "
                             f"{request.url.path[:200]}; {takes}", unknown[0][:64])
