@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from glai_common.jobs import as_utc
@@ -36,16 +36,21 @@ def read(engine: Engine, query: Callable[[Connection], dict[str, Any] | None]) -
     raise AssertionError("unreachable")
 
 
+# Built once with bound parameters: constructing the select for every poll was a visible share of it.
+BY_OWNER = select(*COLUMNS).where(Job.id == bindparam("job_id"), Job.owner == bindparam("owner"))
+BY_KEY = (select(*COLUMNS).join(ApiKey, ApiKey.owner == Job.owner)
+          .where(Job.id == bindparam("job_id"), ApiKey.key_hash == bindparam("key_hash"),
+                 ApiKey.revoked_at.is_(None)))
+
+
 def read_by_owner(db: Connection, owner: str, job_id: str) -> dict[str, Any] | None:
-    row = db.execute(select(*COLUMNS).where(Job.id == job_id, Job.owner == owner)).mappings().first()
+    row = db.execute(BY_OWNER, {"job_id": job_id, "owner": owner}).mappings().first()
     return _aware(dict(row)) if row is not None else None
 
 
 def read_by_key(db: Connection, key_hash: str, job_id: str) -> dict[str, Any] | None:
     """The job when the key is active and belongs to the job's owner, else None (either may be wrong)."""
-    statement = (select(*COLUMNS).join(ApiKey, ApiKey.owner == Job.owner)
-                 .where(Job.id == job_id, ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
-    row = db.execute(statement).mappings().first()
+    row = db.execute(BY_KEY, {"job_id": job_id, "key_hash": key_hash}).mappings().first()
     return _aware(dict(row)) if row is not None else None
 
 
