@@ -129,3 +129,29 @@ def test_the_client_waits_on_the_lean_status(server: tuple[Api, str]) -> None:
     polls = [code for path, code in seen if path.endswith("/status")]
     full = [code for path, code in seen if path == f"/v1/jobs/{job_id}"]
     assert polls.count(304) >= 3 and len(full) == 2, seen  # the first reading and the final one
+
+
+def test_a_status_poll_is_one_statement(api: Api) -> None:
+    """The key check rides in the status select: no second lookup (the unknown-query check made one for
+    every /v1 request), while an unknown parameter still gets the key checked first."""
+    from sqlalchemy import event
+
+    job_id = insert_job(api, dataset_id(api), "running", phase="structural")
+    path = f"/v1/jobs/{job_id}/status"
+    assert api.client.get(path).status_code == 200  # pools warmed
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    engines = {id(e): e for e in (api.services.engine, api.services.read_engine) if e is not None}
+    for engine in engines.values():
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert api.client.get(path).status_code == 200
+        assert len(statements) == 1 and "api_keys" in statements[0], statements
+        assert api.client.get(f"{path}?verbose=1", headers={"Authorization": ""}).status_code == 401
+        assert api.client.get(f"{path}?verbose=1").status_code == 422
+    finally:
+        for engine in engines.values():
+            event.remove(engine, "before_cursor_execute", record)
