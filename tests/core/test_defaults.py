@@ -3,6 +3,8 @@ few hundred rows gets a structure that actually learns."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -38,12 +40,16 @@ def test_budgets_are_optimiser_steps_converted_to_epochs() -> None:
     assert epochs_for(10**9, 90, 16) == 1000  # never above the service's default epoch limit
 
 
-def test_a_childs_phase2_budget_is_the_fresh_one_times_the_new_rows_share() -> None:
+def test_a_childs_phase2_budget_is_a_share_of_the_fresh_one_by_the_new_rows() -> None:
     fresh = quantitative_settings(QuantitativeConfig(), 3_200)
     assert fresh.epochs == 13  # 25 steps per epoch: 320 steps
     chosen: dict[str, str] = {}
     half = child_settings(QuantitativeConfig(), 1_600, 3_200, chosen)
-    assert half.epochs == 7 and "50%" in chosen["quantitative.epochs"]
+    assert half.epochs == math.ceil(13 * 0.5 * RULES.child_budget_scale) == 5
+    assert half.lbfgs_iterations == math.ceil(100 * 0.5 * RULES.child_budget_scale) == 38
+    assert "50%" in chosen["quantitative.epochs"] and "50%" in chosen["quantitative.lbfgs_iterations"]
+    few = child_settings(QuantitativeConfig(), 10, 3_200)
+    assert few.lbfgs_iterations == RULES.min_child_lbfgs_iterations
     assert (half.batch_size, half.patience) == (fresh.batch_size, fresh.patience)  # as the fresh job's
     assert child_settings(QuantitativeConfig(), 100, 3_200).epochs == RULES.min_child_epochs
     given = QuantitativeConfig(epochs=20)
