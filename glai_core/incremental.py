@@ -188,7 +188,6 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
     result_stats: stats_lib.Statistics | None = None
     chosen_settings: dict[str, str] = {}  # why each automatic phase-2 value was picked (refit)
     effective: dict[str, Any] = {"chosen": chosen_settings}
-    warm = evaluate(block, val.x, val.y)[1]
     autocast = resolve_precision(config.precision, block.theta.device)  # as a fresh job's phase 2
     if chosen == "statistics":
         assert parent.statistics is not None
@@ -217,6 +216,8 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
                                        "seconds": quant.seconds})
     seconds = time.monotonic() - started
     block.eval()
+    # Both phases score the parent's Θ on the union's validation rows as their step 0: no second pass.
+    warm = history[0]["val_accuracy"] if history else evaluate(block, val.x, val.y)[1]
     parts_accuracy = [{"dataset_id": p.part.dataset_id, "rows": p.train_rows + len(p.val),
                        "val_rows": len(p.val), "val_accuracy": evaluate(block, p.val.x, p.val.y)[1]}
                       for p in old_parts + new_parts]
