@@ -129,22 +129,33 @@ def full_fp32_matmul() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def path_kernel(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor]) -> Tensor:
-    """F_a F_b^T without materialising F: <F_a, F_b> = <x~_a, x~_b> * prod_l <g~_l(a), g~_l(b)>.
+def path_kernels(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor]) -> Tensor:
+    """(K, Na, Nb) F_a F_b^T of K heads on the same rows (gates (K, N, h_l)), without materialising F.
 
-    Rows of F are Kronecker products (gates x inputs), so their inner products factorise. The input part
-    is computed in the data's dtype (float32 in the pipeline: one GEMM), gate counts are exact integers,
-    and the product is returned in float64 for the solve.
+    Rows of F are Kronecker products (gates x inputs), so their inner products factorise:
+    <F_a, F_b> = <x~_a, x~_b> * prod_l <g~_l(a), g~_l(b)>. The input part is one GEMM in the data's dtype
+    (float32 in the pipeline), shared by every head; gate counts are exact integers, multiplied into the
+    float64 kernel without float64 copies of them. One head scales the input part in place.
     """
     with full_fp32_matmul():  # TF32 would round the inputs to 10 bits: the "exact" solve would not be
-        kernel = (xa @ xb.T + 1.0).double()
+        shared = (xa @ xb.T + 1.0).double()
+    kernel = shared.unsqueeze(0) if gates_a[0].shape[0] == 1 else None
     last = len(gates_a) - 1
     for level, (ga, gb) in enumerate(zip(gates_a, gates_b, strict=True)):
-        shared = ga.to(xa.dtype) @ gb.to(xa.dtype).T
+        counts = torch.bmm(ga.to(xa.dtype), gb.to(xa.dtype).transpose(1, 2))
         if level < last:
-            shared += 1.0  # the always-on unit
-        kernel.mul_(shared)  # float32 counts into the float64 kernel: no float64 copy of them
+            counts += 1.0  # the always-on unit
+        if kernel is None:  # several heads: the first level allocates the (K, Na, Nb) result
+            kernel = counts.double().mul_(shared)
+        else:
+            kernel.mul_(counts)
+    assert kernel is not None
     return kernel
+
+
+def path_kernel(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor]) -> Tensor:
+    """F_a F_b^T of one block (gates (N, h_l)), float64: ``path_kernels`` with one head."""
+    return path_kernels(xa, [g[None] for g in gates_a], xb, [g[None] for g in gates_b])[0]
 
 
 def dual_solve(block: GLAIBlock, train: DeviceSet, val: DeviceSet, relative_lambdas: list[float],

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glai_core.solvers import fit_temperature, full_fp32_matmul
+from glai_core.solvers import fit_temperature, path_kernels
 from glai_core.spd import spd_solve
 from glai_core.stacked import StackedGLAI, glai_logits
 from glai_core.train import EVAL_BATCH
@@ -29,24 +29,6 @@ def _logits(theta: Tensor, bias: Tensor, x: Tensor, gates: list[Tensor]) -> Tens
     parts = [glai_logits(theta, bias, x[s:s + EVAL_BATCH], [g[:, s:s + EVAL_BATCH] for g in gates])
              for s in range(0, x.shape[0], EVAL_BATCH)]
     return torch.cat(parts, dim=1)
-
-
-def _kernels(xa: Tensor, gates_a: list[Tensor], xb: Tensor, gates_b: list[Tensor]) -> Tensor:
-    """(K, Na, Nb) path kernels F_a F_b^T of every head, float64 (as ``solvers.path_kernel``)."""
-    with full_fp32_matmul():
-        shared = (xa @ xb.T + 1.0).double()
-    kernel: Tensor | None = None
-    last = len(gates_a) - 1
-    for level, (ga, gb) in enumerate(zip(gates_a, gates_b, strict=True)):
-        counts = torch.bmm(ga.to(xa.dtype), gb.to(xa.dtype).transpose(1, 2))
-        if level < last:
-            counts += 1.0
-        if kernel is None:  # the first level allocates the (K, Na, Nb) float64 result, the rest scale it
-            kernel = counts.double().mul_(shared)
-        else:
-            kernel.mul_(counts)
-    assert kernel is not None
-    return kernel
 
 
 def _adjoint(alpha: Tensor, theta_shape: torch.Size, x: Tensor, gates: list[Tensor]) -> Tensor:
@@ -96,8 +78,8 @@ def _solve_chunk(model: StackedGLAI, heads: slice, dims: list[int], x: Tensor, y
         residual -= scale.view(k, 1, 1) * (warm - bias0.unsqueeze(1))
         val_warm = _logits(theta0, bias0, val_x.double(), val_gates)
         val_base = scale.view(k, 1, 1) * (val_warm - bias0.unsqueeze(1))
-    kernel = _kernels(x, gates, x, gates)
-    val_kernel = _kernels(val_x, val_gates, x, gates)
+    kernel = path_kernels(x, gates, x, gates)
+    val_kernel = path_kernels(val_x, val_gates, x, gates)
     diag_scale = kernel.diagonal(dim1=1, dim2=2).sum(dim=1) / torch.tensor(dims, dtype=torch.float64,
                                                                            device=x.device)
     residual_mean = residual.mean(dim=1)  # (k, m)
