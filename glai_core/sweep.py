@@ -29,7 +29,7 @@ from torch import Tensor
 
 from glai_core.compute import resolve_device, resolve_precision
 from glai_core.config import TrainConfig
-from glai_core.cost_model import ridge_costs
+from glai_core.cost_model import choose_phase2, ridge_costs
 from glai_core.data import LoadedData
 from glai_core.defaults import adapt
 from glai_core.hooks import Cancelled, Event, Hooks
@@ -429,13 +429,18 @@ def _export_theta(model: StackedMLP | StackedGLAI, k: int) -> Any:
     return model.head_theta(k)
 
 
-def phase2_method(n: int, n_val: int, d: int, hidden: list[int], m: int, q_cfg: Any) -> str:
-    """How the sweep fits its GLAI heads' Θ: ``dual`` (the batched closed form, when the cheaper exact
-    method is the dual and one head's N x N matrices fit ``max_normal_matrix_bytes``), else ``adam``
-    (batched first-order steps in the shared pass)."""
+def phase2_method(n: int, n_val: int, d: int, hidden: list[int], m: int, q_cfg: Any,
+                  device: str = "cpu") -> str:
+    """How the sweep fits its GLAI heads' Θ: ``adam`` (batched first-order steps in the shared pass) where
+    a single job's phase 2 would be Adam alone (``cost_model.choose_phase2``: no closed form first), else
+    ``dual`` (the batched closed form, when the cheaper exact method is the dual and one head's N x N
+    matrices fit ``max_normal_matrix_bytes``), else ``adam``. On mnist-5k (CPU), where a job picks Adam,
+    eight dual solves and a finishing Adam phase took 7.4 s and eight Adam heads 5.0 s."""
     costs = {c.method: c for c in ridge_costs(n, n_val, d, hidden, m, len(q_cfg.ridge_lambdas))}
     dual, primal = costs["dual"], costs["cholesky"]
     if q_cfg.solver in ("adam", "lbfgs"):
+        return "adam"
+    if q_cfg.solver == "auto" and choose_phase2(n, n_val, d, hidden, m, q_cfg, device)[0] == "adam":
         return "adam"
     if dual_bytes(n, n_val) <= q_cfg.max_normal_matrix_bytes and dual.flops <= primal.flops:
         return "dual"
@@ -450,8 +455,7 @@ def _phase2(heads: list[Head], structures: dict[int, StructuralMLP], results: di
     q_cfg = config.quantitative
     widest = [max(h.hidden[level] for h in heads) for level in range(len(heads[0].hidden))]
     method = phase2_method(len(train), len(val), train.x.shape[1], widest,
-                           structures[heads[0].id].out_features,
-                           q_cfg)
+                           structures[heads[0].id].out_features, q_cfg, device.type)
     out: dict[str, Any] = {"method": method, "groups": [], "groups_added": False}
     metrics: dict[str, float] = {}
     for members in _by_width(heads):
