@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from glai_core.config import TrainConfig
+from glai_core.config import QuantitativeConfig, TrainConfig
+from glai_core.cost_model import choose_phase2
 from glai_core.data import LoadedData, builtin
+from glai_core.defaults import quantitative_settings
 from glai_core.hooks import RecordingHooks
 from glai_core.metrics import evaluate
 from glai_core.model import GLAIBlock
 from glai_core.solvers import ridge_fit
 from glai_core.stacked import StackedGLAI, StackedMLP, init_heads
 from glai_core.stacked_ridge import stacked_dual_fit
-from glai_core.sweep import HeadResult, grid, pareto, run_sweep
+from glai_core.sweep import HeadResult, grid, pareto, phase2_method, run_sweep
 from glai_core.train import DeviceSet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,3 +122,14 @@ def test_the_front_keeps_the_heads_nothing_beats() -> None:
     results = [result(0, 0.9, 100, 1.0), result(1, 0.95, 200, 1.0), result(2, 0.89, 150, 2.0),
                result(3, 0.9, 100, 1.0)]
     assert pareto(results) == [0, 1, 3]  # 2 is beaten by 0 on everything; 0 and 3 tie
+
+
+@pytest.mark.parametrize(("n", "d", "hidden", "m", "job", "sweep"), [
+    (3_000, 784, [26], 10, "adam", "adam"),  # mnist-5k's shape: a job runs Adam alone, so do the heads
+    (1_078, 64, [30], 10, "ridge+lbfgs", "dual"),  # digits': a job starts from the closed form
+])
+def test_the_sweeps_phase2_follows_what_a_job_would_run(n: int, d: int, hidden: list[int], m: int, job: str,
+                                                        sweep: str) -> None:
+    cfg = quantitative_settings(QuantitativeConfig(), n)
+    assert choose_phase2(n, n // 3, d, hidden, m, cfg)[0] == job
+    assert phase2_method(n, n // 3, d, hidden, m, cfg) == sweep
