@@ -217,7 +217,7 @@ def run_incremental(parent: Parent, old_parts: list[PlacedPart], new_parts: list
     seconds = time.monotonic() - started
     block.eval()
     # Both phases score the parent's Θ on the union's validation rows as their step 0: no second pass.
-    warm = history[0]["val_accuracy"] if history else evaluate(block, val.x, val.y)[1]
+    warm = history[0]["val_accuracy"]
     parts_accuracy = [{"dataset_id": p.part.dataset_id, "rows": p.train_rows + len(p.val),
                        "val_rows": len(p.val), "val_accuracy": evaluate(block, p.val.x, p.val.y)[1]}
                       for p in old_parts + new_parts]

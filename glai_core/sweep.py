@@ -436,12 +436,12 @@ def phase2_method(n: int, n_val: int, d: int, hidden: list[int], m: int, q_cfg: 
     ``dual`` (the batched closed form, when the cheaper exact method is the dual and one head's N x N
     matrices fit ``max_normal_matrix_bytes``), else ``adam``. On mnist-5k (CPU), where a job picks Adam,
     eight dual solves and a finishing Adam phase took 7.4 s and eight Adam heads 5.0 s."""
-    costs = {c.method: c for c in ridge_costs(n, n_val, d, hidden, m, len(q_cfg.ridge_lambdas))}
-    dual, primal = costs["dual"], costs["cholesky"]
     if q_cfg.solver in ("adam", "lbfgs"):
         return "adam"
     if q_cfg.solver == "auto" and choose_phase2(n, n_val, d, hidden, m, q_cfg, device)[0] == "adam":
         return "adam"
+    costs = {c.method: c for c in ridge_costs(n, n_val, d, hidden, m, len(q_cfg.ridge_lambdas))}
+    dual, primal = costs["dual"], costs["cholesky"]
     if dual_bytes(n, n_val) <= q_cfg.max_normal_matrix_bytes and dual.flops <= primal.flops:
         return "dual"
     return "adam"
