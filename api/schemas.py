@@ -353,6 +353,19 @@ _SWEEP_R = Annotated[Literal["auto", "adaptive"] | float, WithJsonSchema({"anyOf
 _SWEEP_SEED = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
+class HalvingIn(In):
+    """Successive halving (ASHA's rule, synchronous): at each rung, an epoch of the shared pass at
+    `first_rung` x `eta`^i, each kind's heads still in the race are ranked by validation accuracy and only
+    the top 1/`eta` train on. A cut head stops at its best weights and is reported with `pruned_at`; the
+    job's models come from the heads that finished. A slow starter (a small learning rate) can be cut
+    before it catches up: that is the price of the saved time."""
+
+    eta: int = Field(2, ge=2, le=8, description="Keep the best 1/eta of the heads at each rung.")
+    first_rung: int | None = Field(None, ge=1, le=10_000, description="Epochs before the first cut; "
+                                   "omitted: each kind's patience (the adapted `structural.patience` for "
+                                   "GLAI, `baseline.patience` for the MLP).")
+
+
 class SweepIn(In):
     """A grid of heads trained in one job, side by side in one batched pass over the data. GLAI heads take
     every (lr, reduction_factor, seed); MLP heads (with the baseline enabled) every (lr, seed). A key left
@@ -369,6 +382,9 @@ class SweepIn(In):
                                            description="Initialisation seeds (the split and the batch order "
                                            "stay the job's `seed`: every head sees the same batches).",
                                            examples=[[0, 1, 2]])
+    halving: HalvingIn | None = Field(None, description="Cut the weaker heads at rungs of the pass "
+                                      "(successive halving); omitted: every head trains to its own stop.",
+                                      examples=[{"eta": 2}])
 
     @field_validator("reduction_factor", mode="before")
     @classmethod

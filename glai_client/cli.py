@@ -134,7 +134,9 @@ def submit(
     phase2: Annotated[str | None, typer.Option(help="With --parent: auto, statistics (new rows only) or "
                                                     "refit (the union).")] = None,
     sweep: Annotated[list[str] | None, typer.Option(help="A grid in one job, KEY=V1,V2 with KEY lr, "
-                                                         "reduction_factor or seed; repeat per key.")] = None,
+                                                         "reduction_factor or seed; repeat per key. "
+                                                         "halving=ETA cuts the weaker heads at rungs.")
+                     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a training job and print its id."""

@@ -12,15 +12,23 @@ ROWS = ("union", "own")
 PHASE2 = ("auto", "statistics", "refit")
 
 
-def sweep_values(items: list[str]) -> dict[str, list[Any]]:
-    """``--sweep lr=1e-3,3e-3 --sweep seed=0,1`` -> {"lr": [0.001, 0.003], "seed": [0, 1]}."""
-    grid: dict[str, list[Any]] = {}
+def sweep_values(items: list[str]) -> dict[str, Any]:
+    """``--sweep lr=1e-3,3e-3 --sweep seed=0,1`` -> {"lr": [0.001, 0.003], "seed": [0, 1]};
+    ``--sweep halving=2`` adds successive halving at eta 2 ({"halving": {"eta": 2}})."""
+    grid: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
+        if sep and key == "halving":
+            try:
+                grid[key] = {"eta": int(text)}
+            except ValueError:
+                raise BadInput(f"--sweep halving: {text!r} must be a whole number (eta, the share cut at "
+                               "each rung), e.g. halving=2") from None
+            continue
         if not sep or key not in SWEEP_KEYS:
             raise BadInput(f"--sweep: {item!r}: give KEY=V1,V2 with KEY one of {', '.join(SWEEP_KEYS)} "
-                           "(e.g. --sweep lr=1e-3,3e-3)")
+                           "(e.g. --sweep lr=1e-3,3e-3), or halving=ETA")
         values = [v.strip() for v in text.split(",")]
         if not values or any(not v for v in values):
             raise BadInput(f"--sweep: {item!r} has an empty value")

@@ -14,6 +14,10 @@ structure is frozen, the GLAI heads' phase 2 joins the same pass (first-order, p
 patience, on cached gates), while MLP heads may still be training. Then the best GLAI head's phase 2 is
 finished by the single-job solver (``solvers.quantitative_phase``, so the kept model is what its own job
 would give), and the report lists accuracy, parameters and time per head with the Pareto front.
+
+With ``"halving"`` in the spec, successive halving (``glai_core.halving``) also cuts each kind's heads at
+rungs of the pass: a cut head stops at its best weights and is reported with ``pruned_at``; the kept
+models and the front come from the heads that finished.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from glai_core.config import TrainConfig
 from glai_core.cost_model import choose_phase2, ridge_costs
 from glai_core.data import LoadedData
 from glai_core.defaults import adapt
+from glai_core.halving import Halving, cut
 from glai_core.hooks import Cancelled, Event, Hooks
 from glai_core.metrics import evaluate, structural_distances
 from glai_core.model import GLAIBlock, StructuralMLP, glai_trainable_count, mlp_param_count
@@ -70,12 +75,19 @@ class HeadResult:
     epochs: dict[str, int] = field(default_factory=dict)
     stopped_by: dict[str, str] = field(default_factory=dict)
     model: Any = None  # StructuralMLP (S of a GLAI head, or the MLP) then GLAIBlock for GLAI heads
+    pruned_at: int | None = None  # the halving rung (pass epoch) that stopped it before it finished
 
     def report(self) -> dict[str, Any]:
         head = asdict(self.head)
         head["hidden"] = list(self.head.hidden)
         return {**head, "val_accuracy": self.val_accuracy, "val_loss": self.val_loss, "params": self.params,
-                "seconds": self.seconds, "epochs": self.epochs, "stopped_by": self.stopped_by}
+                "seconds": self.seconds, "epochs": self.epochs, "stopped_by": self.stopped_by,
+                "pruned_at": self.pruned_at}
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its own stop (a GLAI head through phase 2), not cut by a halving rung."""
+        return self.pruned_at is None
 
 
 @dataclass
@@ -238,6 +250,26 @@ class _Group:
             self._keep(keep)
         return metrics
 
+    def scores(self) -> dict[int, tuple[float, float]]:
+        """Each training head's best (accuracy, loss) so far, by head id."""
+        return {head.id: (self.best[k][0], self.best[k][1]) for k, head in enumerate(self.heads)}
+
+    def prune(self, ids: set[int], seconds: float, export: Any) -> None:
+        """Stop the training heads in ``ids`` (a halving rung cut them), each at its best weights."""
+        keep: list[int] = []
+        for k, head in enumerate(self.heads):
+            if head.id not in ids:
+                keep.append(k)
+                continue
+            if self.best_state[k] is not None:
+                self._load(k, self.best_state[k])
+            best_acc, best_loss, _ = self.best[k]
+            self.finished.append((head, export(self.model, k), {
+                "epochs": self.epoch, "stopped_by": "halving", "seconds": seconds,
+                "val_accuracy": best_acc, "val_loss": best_loss}))
+        if len(keep) < len(self.heads):
+            self._keep(keep)
+
     def _rules(self, k: int, acc: float, loss: float, rate: float | None) -> str | None:
         best_acc, best_loss, _ = self.best[k]
         better = acc > best_acc or (acc == best_acc and loss < best_loss)
@@ -322,10 +354,11 @@ def _by_width(heads: list[Head]) -> list[list[Head]]:
     return list(groups.values())
 
 
-def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, list[Any]], hooks: Hooks,
+def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, Any], hooks: Hooks,
               kinds: tuple[str, ...] = ("glai", "mlp"), finish: bool = True) -> SweepResult:
-    """Train the grid (see the module doc); ``kinds`` limits it to GLAI or MLP heads (benchmarks);
-    ``finish``: refine the best GLAI head's phase 2 with the single job's first-order solver."""
+    """Train the grid (see the module doc); ``sweep["halving"]`` (optional) cuts heads at rungs
+    (``glai_core.halving``); ``kinds`` limits it to GLAI or MLP heads (benchmarks); ``finish``: refine the
+    best GLAI head's phase 2 with the single job's first-order solver."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     placed = place(data.x, data.y, data.x_val, data.y_val, n_classes=len(data.class_names),
@@ -365,8 +398,12 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, list[Any]]
     generator = torch.Generator().manual_seed(config.seed + 1)
     structures: dict[int, StructuralMLP] = {}
     phase2: dict[str, Any] = {}
+    halving = Halving.from_spec(sweep.get("halving"))
+    race = _Race(halving, {"glai": s_cfg.patience, "mlp": b_cfg.patience}, results)
+    pass_epoch = 0
     last_poll = time.monotonic()
     while any(not g.done for g in groups):
+        pass_epoch += 1
         active = [g for g in groups if not g.done]
         for g in active:
             g.set_rates()
@@ -390,6 +427,9 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, list[Any]]
                 export = _export_theta if phase == QUANTITATIVE else _export_mlp
                 metrics.update(g.end_epoch(n, steps_per_epoch, seconds, export))
                 _collect(g, results, structures, q_cfg.warm_start)
+            if race.at_rung(phase, pass_epoch, members, seconds):
+                for g in members:
+                    _collect(g, results, structures, q_cfg.warm_start)
             metrics["heads_training"] = float(sum(len(g.heads) for g in members))
             _progress(hooks, phase, members[0].epoch, members[0].rules.max_epochs, metrics, seconds)
             if any(not g.done for g in groups if g.phase == phase):
@@ -397,26 +437,77 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, list[Any]]
             if phase == STRUCTURAL:
                 hooks.on_phase_end(STRUCTURAL, {"heads": float(len(glai_heads)), "seconds": seconds})
                 hooks.on_phase_start(QUANTITATIVE)
-                phase2 = _phase2(glai_heads, structures, results, train, val, config, device, hooks, started)
+                fitted = [h for h in glai_heads if race.still_in(h.id)]
+                phase2 = _phase2(fitted, structures, results, train, val, config, device, hooks, started)
                 groups += phase2.pop("groups")
                 if not phase2["groups_added"]:
-                    hooks.on_phase_end(QUANTITATIVE, {"heads": float(len(glai_heads)),
+                    hooks.on_phase_end(QUANTITATIVE, {"heads": float(len(fitted)),
                                                       "seconds": time.monotonic() - started})
             else:
                 hooks.on_phase_end(phase, {"heads": float(len(members)), "seconds": seconds})
         if hooks.should_stop():
             raise Cancelled("sweep stopped between epochs")
 
-    best_glai = _best([results[h.id] for h in glai_heads])
-    best_mlp = _best([results[h.id] for h in mlp_heads])
+    best_glai = _best([results[h.id] for h in glai_heads if results[h.id].finished])
+    best_mlp = _best([results[h.id] for h in mlp_heads if results[h.id].finished])
     finished: dict[str, Any] | None = None
     if best_glai is not None and finish and phase2.get("method") != "adam":
         finished = _finish(best_glai, structures[best_glai.head.id], train, val, config, hooks, started)
     summary = _summary(results, best_glai, best_mlp, sweep, effective, {**phase2, "finish": finished},
-                       time.monotonic() - started, batch)
+                       time.monotonic() - started, batch, race.report())
     return SweepResult(placed.standardizer, None if best_glai is None else best_glai.model,
                        None if best_mlp is None else best_mlp.model, list(results.values()), summary, train,
                        val)
+
+
+class _Race:
+    """Successive halving over the pass (``glai_core.halving``): which heads of each kind are still in the
+    race, and the rungs' log. Without halving every head stays in."""
+
+    def __init__(self, halving: Halving | None, patience: dict[str, int | None],
+                 results: dict[int, HeadResult]) -> None:
+        self.halving, self.patience, self.results = halving, patience, results
+        self.out: set[int] = set()  # ranked below a cut: never ranked again
+        self.rungs: list[dict[str, Any]] = []
+
+    def still_in(self, head_id: int) -> bool:
+        return head_id not in self.out
+
+    def at_rung(self, phase: str, epoch: int, members: list[_Group], seconds: float) -> bool:
+        """Cut this phase's kind if ``epoch`` is its rung; True when a training head was stopped."""
+        kind = "mlp" if phase == BASELINE else "glai"
+        if self.halving is None or not self.halving.is_rung(epoch, self.patience[kind]):
+            return False
+        training = {i: score for g in members for i, score in g.scores().items()}
+        scores = {r.head.id: (r.val_accuracy, r.val_loss) for r in self.results.values()
+                  if r.head.kind == kind and self.still_in(r.head.id)}
+        scores.update(training)
+        if len(scores) < 2:
+            return False
+        kept = cut(scores, self.halving.eta)
+        dropped = set(scores) - kept
+        stopped = dropped & set(training)
+        waiting = dropped - stopped if phase == STRUCTURAL else set()  # frozen structures not yet fitted
+        for head_id in stopped | waiting:
+            self.results[head_id].pruned_at = epoch
+        for head_id in waiting:
+            self.results[head_id].stopped_by[QUANTITATIVE] = "halving"
+        self.out |= dropped
+        export = _export_theta if phase == QUANTITATIVE else _export_mlp
+        for g in members:
+            g.prune(stopped, seconds, export)
+        self.rungs.append({"epoch": epoch, "kind": kind, "phase": phase, "ranked": len(scores),
+                           "kept": sorted(kept), "stopped": sorted(stopped | waiting)})
+        return bool(stopped)
+
+    def report(self) -> dict[str, Any] | None:
+        if self.halving is None:
+            return None
+        return {"eta": self.halving.eta,
+                "first_rung": {kind: self.halving.first(p) for kind, p in self.patience.items()},
+                "rungs": self.rungs,
+                "how": "at each rung (epochs of the shared pass: first_rung x eta^i) a kind's heads still in "
+                       "the race are ranked by validation accuracy; the top 1/eta go on"}
 
 
 def _export_mlp(model: StackedMLP | StackedGLAI, k: int) -> Any:
@@ -569,10 +660,10 @@ def pareto(results: list[HeadResult]) -> list[int]:
 
 
 def _summary(results: dict[int, HeadResult], best_glai: HeadResult | None, best_mlp: HeadResult | None,
-             sweep: dict[str, list[Any]], effective: dict[str, Any], phase2: dict[str, Any],
-             seconds: float, batch: int) -> dict[str, Any]:
-    glai = [r for r in results.values() if r.head.kind == "glai"]
-    mlp = [r for r in results.values() if r.head.kind == "mlp"]
+             sweep: dict[str, Any], effective: dict[str, Any], phase2: dict[str, Any],
+             seconds: float, batch: int, halving: dict[str, Any] | None) -> dict[str, Any]:
+    glai = [r for r in results.values() if r.head.kind == "glai" and r.finished]
+    mlp = [r for r in results.values() if r.head.kind == "mlp" and r.finished]
     summary: dict[str, Any] = {
         "glai_accuracy": best_glai.val_accuracy if best_glai else None,
         "baseline_accuracy": best_mlp.val_accuracy if best_mlp else None,
@@ -580,12 +671,13 @@ def _summary(results: dict[int, HeadResult], best_glai: HeadResult | None, best_
         "baseline_seconds": best_mlp.seconds if best_mlp else None,
         "effective_settings": effective,
         "sweep": {
-            "grid": {k: list(v) for k, v in sweep.items()},
+            "grid": {k: list(sweep[k]) for k in SWEEP_KEYS if sweep.get(k)},
             "heads": [r.report() for r in results.values()],
             "front": {"glai": pareto(glai), "mlp": pareto(mlp)},
             "best": {"glai": best_glai.head.id if best_glai else None,
                      "mlp": best_mlp.head.id if best_mlp else None},
             "phase2": phase2,
+            "halving": halving,
             "seconds": seconds,
             "batch_size": batch,
             "how": "one batched pass: every head steps on each shared mini-batch (stacked weights); "

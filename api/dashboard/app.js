@@ -796,12 +796,14 @@
       const sweep = summary.sweep;
       const front = new Set([...(sweep.front.glai || []), ...(sweep.front.mlp || [])]);
       const best = new Set([sweep.best.glai, sweep.best.mlp]);
-      parts.push(smallTable("Heads (★ kept as the job's model, • on the accuracy / parameters / time front)",
+      const cut = sweep.halving ? `, ✂ cut by successive halving at that epoch (eta ${sweep.halving.eta})` : "";
+      parts.push(smallTable(`Heads (★ kept as the job's model, • on the accuracy / parameters / time front${cut})`,
         ["Head", "Kind", "lr", "r", "Seed", "Widths", "Parameters", "Validation", "Seconds", ""],
         sweep.heads.map((hd) => [`h${hd.id}`, hd.kind === "glai" ? "GLAI" : "MLP", String(hd.lr),
           hd.reduction_factor === null || hd.reduction_factor === undefined ? "—" : String(hd.reduction_factor),
           String(hd.seed), hd.hidden.join("×"), hd.params.toLocaleString(), pct(hd.val_accuracy),
-          seconds(hd.seconds), `${best.has(hd.id) ? "★" : ""}${front.has(hd.id) ? "•" : ""}`])));
+          seconds(hd.seconds), `${best.has(hd.id) ? "★" : ""}${front.has(hd.id) ? "•" : ""}` +
+          (hd.pruned_at ? `✂ ${hd.pruned_at}` : "")])));
     }
     return h("section", { class: "card lineage", "aria-labelledby": "lineage-title", "data-kind": lineage.kind }, ...parts);
   }

@@ -252,7 +252,11 @@ def sweep_spec(body: JobCreate) -> dict[str, Any] | None:
     """The grid as the worker reads it (``glai_core.sweep``): lists per key, "auto" kept as a word."""
     if body.sweep is None:
         return None
-    return {key: list(values) for key, values in body.sweep.model_dump().items() if values is not None}
+    grid = body.sweep.model_dump(exclude={"halving"})
+    spec: dict[str, Any] = {key: list(values) for key, values in grid.items() if values is not None}
+    if body.sweep.halving is not None:
+        spec["halving"] = body.sweep.halving.model_dump()
+    return spec
 
 
 __all__ = ["check_sweep", "classes_of", "incremental_spec", "kind_of", "lineage_out", "owned_succeeded",

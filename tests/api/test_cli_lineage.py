@@ -49,10 +49,12 @@ def test_children_sweeps_and_merges_from_the_command_line(cli_env: Api, tmp_path
     with cli_env.session() as session:
         assert session.get(Job, ident(merged)).spec["merge"]["job_ids"] == [parent,
                                                                             child]  # type: ignore[union-attr]
-    sweep = ident(run("submit", _dataset(tmp_path, "c", 2), "--sweep", "lr=1e-3,3e-3", "--sweep", "seed=0,1"))
+    sweep = ident(run("submit", _dataset(tmp_path, "c", 2), "--sweep", "lr=1e-3,3e-3", "--sweep", "seed=0,1",
+                      "--sweep", "halving=2"))
     with cli_env.session() as session:
-        assert session.get(Job, sweep).spec["sweep"] == {"lr": [1e-3, 3e-3], "seed": [0,
-                                                                                      1]}  # type: ignore[union-attr]
+        spec = session.get(Job, sweep).spec  # type: ignore[union-attr]
+        assert spec["sweep"] == {"lr": [1e-3, 3e-3], "seed": [0, 1],
+                                 "halving": {"eta": 2, "first_rung": None}}
     refused = runner.invoke(app, ["merge", parent, parent])
     assert refused.exit_code == 1 and "distinct" in refused.output
     bad = runner.invoke(app, ["submit", "0" * 32, "--sweep", "depth=2"])
@@ -64,7 +66,9 @@ def test_children_sweeps_and_merges_from_the_command_line(cli_env: Api, tmp_path
 def test_sweep_options_parse_each_key_once() -> None:
     assert sweep_values(["lr=1e-3, 3e-3", "reduction_factor=auto,2", "seed=0,1"]) == \
         {"lr": [1e-3, 3e-3], "reduction_factor": ["auto", 2.0], "seed": [0, 1]}
+    assert sweep_values(["seed=0,1", "halving=3"]) == {"seed": [0, 1], "halving": {"eta": 3}}
     for items, message in ((["lr"], "KEY=V1,V2"), (["seed=a"], "whole numbers"), (["lr=1,"], "empty"),
+                           (["halving=half"], "halving"),
                            (["lr=1", "lr=2"], "twice"), (["lr=x"], "not a number")):
         with pytest.raises(BadInput, match=message):
             sweep_values(items)

@@ -182,6 +182,10 @@ def test_merges_need_one_structure_and_disjoint_rows(api: Api, make_api: Any) ->
     ({"seed": [-1]}, "sweep.seed.0"),
     ({"seed": ["1"]}, "sweep.seed.0"),
     ({"depth": [2]}, "sweep.depth"),
+    ({"halving": {"eta": 2}}, "sweep"),  # halving alone is no grid
+    ({"lr": [1e-3], "halving": {"eta": 1}}, "sweep.halving.eta"),
+    ({"lr": [1e-3], "halving": {"first_rung": 0}}, "sweep.halving.first_rung"),
+    ({"lr": [1e-3], "halving": {"rate": 2}}, "sweep.halving.rate"),
 ])
 def test_bad_sweeps_are_refused_by_field(api: Api, sweep: dict[str, Any], field: str) -> None:
     _refused(api, 422, field, dataset_id=_dataset(api), sweep=sweep)
@@ -194,6 +198,9 @@ def test_a_sweep_is_stored_with_its_grid_and_bounded(api: Api, make_api: Any) ->
     body = response.json()
     assert body["kind"] == "sweep"
     assert body["spec"]["sweep"] == {"lr": [1e-3, 3e-3], "reduction_factor": ["auto", 2.0], "seed": [0, 1]}
+    halved = submit(api, ds, sweep={"lr": [1e-3, 3e-3], "halving": {"eta": 3}})
+    assert halved.status_code == 202, halved.text
+    assert halved.json()["spec"]["sweep"] == {"lr": [1e-3, 3e-3], "halving": {"eta": 3, "first_rung": None}}
     small = make_api(max_sweep_heads=8)
     too_many = _refused(small, 422, "sweep", dataset_id=_dataset(small),
                         sweep={"lr": [1e-3, 3e-3], "seed": [0, 1, 2]})  # 6 GLAI + 6 MLP heads

@@ -10,6 +10,7 @@ from glai_core.config import QuantitativeConfig, TrainConfig
 from glai_core.cost_model import choose_phase2
 from glai_core.data import LoadedData, builtin
 from glai_core.defaults import quantitative_settings
+from glai_core.halving import Halving, cut
 from glai_core.hooks import RecordingHooks
 from glai_core.metrics import evaluate
 from glai_core.model import GLAIBlock
@@ -133,3 +134,45 @@ def test_the_sweeps_phase2_follows_what_a_job_would_run(n: int, d: int, hidden: 
     cfg = quantitative_settings(QuantitativeConfig(), n)
     assert choose_phase2(n, n // 3, d, hidden, m, cfg)[0] == job
     assert phase2_method(n, n // 3, d, hidden, m, cfg) == sweep
+
+
+def test_rungs_are_first_times_powers_of_eta_and_the_cut_keeps_the_best_share() -> None:
+    halving = Halving(eta=2, first_rung=3)
+    assert [e for e in range(1, 30) if halving.is_rung(e, patience=9)] == [3, 6, 12, 24]
+    assert [e for e in range(1, 20) if Halving(eta=3).is_rung(e, patience=2)] == [2, 6, 18]  # patience
+    scores = {0: (0.9, 0.3), 1: (0.95, 0.2), 2: (0.9, 0.25), 3: (0.5, 1.0), 4: (0.7, 0.9)}
+    assert cut(scores, 2) == {1, 2}  # 5 // 2 heads: the best accuracy, then the lower loss breaks the tie
+    assert cut(scores, 8) == {1}  # never fewer than one
+    assert Halving.from_spec(None) is None and Halving.from_spec({"enabled": False}) is None
+    with pytest.raises(ValueError, match="eta"):
+        Halving(eta=1)
+
+
+def test_halving_cuts_the_weaker_heads_at_each_rung_and_keeps_finished_ones(digits: LoadedData) -> None:
+    sweep = {"lr": [3e-4, 1e-3, 3e-3, 1e-2], "seed": [0, 1]}
+    full = run_sweep(digits, _config(), sweep, RecordingHooks())
+    hooks = RecordingHooks()
+    result = run_sweep(digits, _config(), {**sweep, "halving": {"eta": 2, "first_rung": 2}}, hooks)
+    report = result.summary["sweep"]
+    assert report["grid"] == sweep and report["halving"]["eta"] == 2
+    rungs = report["halving"]["rungs"]
+    by_id = {h["id"]: h for h in report["heads"]}
+    for kind in ("glai", "mlp"):
+        first = next(r for r in rungs if r["kind"] == kind)
+        assert first["epoch"] == 2 and first["ranked"] == 8 and len(first["kept"]) == 4
+        cut_heads = [h for h in report["heads"] if h["kind"] == kind and h["pruned_at"] is not None]
+        assert cut_heads, kind
+        for head in cut_heads:  # a head cut at a rung trained no further and has no phase 2
+            rung = next(r for r in rungs if r["kind"] == kind and r["epoch"] == head["pruned_at"])
+            assert head["id"] in rung["stopped"] and "halving" in head["stopped_by"].values()
+            assert max(by_id[k]["val_accuracy"] for k in rung["kept"]) >= head["val_accuracy"]
+            assert head["id"] not in report["front"][kind]
+        assert by_id[report["best"][kind]]["pruned_at"] is None
+    # the pass is shorter: fewer head-epochs than every head training to its own stop
+    spent = sum(sum(h.epochs.values()) for h in result.heads)
+    assert spent < sum(sum(h.epochs.values()) for h in full.heads)
+    assert evaluate(result.glai, result.val.x,
+                    result.val.y)[1] == pytest.approx(result.summary["glai_accuracy"])
+    assert isinstance(result.glai, GLAIBlock)
+    trained = [e.metrics["heads_training"] for e in hooks.events if e.phase == "baseline"]
+    assert trained[0] == 8 and min(trained) <= 2

@@ -122,10 +122,13 @@ def _flow(client: GlaiClient, tmp: Path, storage: Path) -> None:
     assert hits > 0.8, hits  # rows neither copy saw
 
     sweep = _done(client, client.submit_job(ds_a, {**SMALL, "baseline": {"enabled": True, "max_epochs": 8},
-                                                   "sweep": {"lr": [1e-3, 3e-3], "seed": [0, 1]}}))
+                                                   "sweep": {"lr": [1e-3, 3e-3], "seed": [0, 1],
+                                                             "halving": {"eta": 2, "first_rung": 2}}}))
     report = sweep["summary"]["sweep"]
     kinds = [h["kind"] for h in report["heads"]]
     assert kinds.count("glai") == 4 and kinds.count("mlp") == 4
+    assert report["halving"]["rungs"][0]["epoch"] == 2  # the worker ran the job's halving
+    assert any(h["pruned_at"] == 2 for h in report["heads"])
     for kind in ("glai", "mlp"):
         assert report["best"][kind] in report["front"][kind]
     assert {a["name"] for a in sweep["artifacts"]} >= {"trained", "baseline"}
