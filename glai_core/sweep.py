@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glai_core.compute import resolve_device, resolve_precision
+from glai_core.compute import precision_label, resolve_device, resolve_precision
 from glai_core.config import TrainConfig
 from glai_core.cost_model import choose_phase2, ridge_costs
 from glai_core.data import LoadedData
@@ -161,13 +161,14 @@ class _Group:
     def __init__(self, phase: str, model: StackedMLP | StackedGLAI, heads: list[Head], lrs: list[float],
                  rules: _Rules, val: DeviceSet, weight_decay: float = 0.0,
                  gates: tuple[list[Tensor], list[Tensor]] | None = None, probe: Tensor | None = None,
-                 start: list[tuple[float, float]] | None = None) -> None:
+                 start: list[tuple[float, float]] | None = None,
+                 compute_dtype: torch.dtype | None = None) -> None:
         self.phase, self.model, self.rules, self.val = phase, model, rules, val
         self.heads = list(heads)  # the heads still in the stack, in stack order
         self.base_lr = [float(v) for v in lrs]
         self.scale = [1.0] * len(heads)
         self.optimizer = StackedAdam(list(model.parameters()), lrs, weight_decay=weight_decay)
-        self.step_fn = make_stacked_step(model, self.optimizer)
+        self.step_fn = make_stacked_step(model, self.optimizer, compute_dtype)
         self.train_gates, self.val_gates = gates if gates is not None else (None, None)
         self.probe = probe
         self.previous = self._probe_gates() if probe is not None else None
@@ -375,13 +376,15 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, Any], hook
     results = {h.id: HeadResult(h) for h in glai_heads + mlp_heads}
     batch = int(s_cfg.batch_size or 256)
     steps_per_epoch = math.ceil(n / batch)
+    autocast = resolve_precision(config.precision, device)  # every head steps in the job's precision
     started = time.monotonic()
 
     def mlp_group(phase: str, members: list[Head], rules: _Rules, probe: Tensor | None,
                   weight_decay: float) -> _Group:
         models = init_heads(d, [list(h.hidden) for h in members], m, [h.seed for h in members])
         model = StackedMLP.from_heads(models).to(device)
-        return _Group(phase, model, members, [h.lr for h in members], rules, val, weight_decay, probe=probe)
+        return _Group(phase, model, members, [h.lr for h in members], rules, val, weight_decay, probe=probe,
+                      compute_dtype=autocast)
 
     groups: list[_Group] = []
     if glai_heads:
@@ -455,6 +458,7 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, Any], hook
         finished = _finish(best_glai, structures[best_glai.head.id], train, val, config, hooks, started)
     summary = _summary(results, best_glai, best_mlp, sweep, effective, {**phase2, "finish": finished},
                        time.monotonic() - started, batch, race.report())
+    summary["sweep"]["precision"] = precision_label(autocast, device)
     return SweepResult(placed.standardizer, None if best_glai is None else best_glai.model,
                        None if best_mlp is None else best_mlp.model, list(results.values()), summary, train,
                        val)
@@ -560,7 +564,8 @@ def _phase2(heads: list[Head], structures: dict[int, StructuralMLP], results: di
                            decay=q_cfg.schedule == "linear")
             out["groups"].append(_Group(QUANTITATIVE, model, members, [q_cfg.lr] * len(members), rules, val,
                                         gates=gates, start=list(zip(accuracy.tolist(), loss.tolist(),
-                                                                    strict=True))))
+                                                                    strict=True)),
+                                        compute_dtype=resolve_precision(config.precision, device)))
             out["groups_added"] = True
             continue
         dims = [glai_trainable_count(b.in_features, b.hidden,

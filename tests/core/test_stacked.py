@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -98,3 +100,55 @@ def test_the_hand_written_stacked_step_takes_autograds_step(kind: str) -> None:
         torch.testing.assert_close(hand(x, y, gates), reference(x, y, gates), rtol=1e-5, atol=1e-5)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class _Frozen:
+    """An optimiser that leaves the weights alone, so the step's gradients can be read."""
+
+    def step(self, closure: object = None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("kind", ["mlp", "glai"])
+def test_the_bf16_stacked_step_is_each_heads_own_bf16_step(kind: str) -> None:
+    """bf16 products where each head's own job computes in bf16 (the same small-layer rule), fp32 buffers:
+    every head's gradients are its own ``HandWrittenStep``'s, up to bf16 rounding, and not fp32's."""
+    from glai_core.steps import SMALL_LAYER, HandWrittenStep
+
+    torch.manual_seed(5)
+    d, width, m = 48, 40, 3
+    assert d * width >= SMALL_LAYER > width * m  # the first layer in bf16, the MLP's output layer fp32
+    structures = init_heads(d, [[width], [width]], m, [0, 1])
+    x, y = torch.randn(64, d), torch.randint(0, m, (64,))
+    if kind == "mlp":
+        stacked, heads = StackedMLP.from_heads(structures), [StructuralMLP(d, [width], m) for _ in structures]
+        for head, structure in zip(heads, structures, strict=True):
+            head.load_state_dict(structure.state_dict())
+        gates, own_gates = None, [None, None]
+    else:
+        heads = [GLAIBlock.from_structure(s) for s in structures]
+        stacked = StackedGLAI.from_blocks(heads)
+        gates = StackedMLP.from_heads(structures).gates(x)
+        own_gates = [[g] for g in (s.gates(x)[0] for s in structures)]
+    step = make_stacked_step(stacked, StackedAdam(list(stacked.parameters()), [0.0, 0.0]), torch.bfloat16)
+    twin = copy.deepcopy(stacked)
+    fp32 = make_stacked_step(twin, StackedAdam(list(twin.parameters()), [0.0, 0.0]), None)
+    loss = step(x, y, gates)
+    for k, head in enumerate(heads):
+        own = HandWrittenStep(head, torch.bfloat16)
+        own_loss = own(x, y, own_gates[k], _Frozen())
+        torch.testing.assert_close(loss[k], own_loss, rtol=1e-3, atol=1e-3)
+        trainable = [p for p in head.parameters() if p.requires_grad]
+        if kind == "mlp":
+            stacked_grads = [p.grad[k] for pair in zip(stacked.weights, stacked.biases, strict=True)
+                             for p in pair]
+        else:
+            stacked_grads = [stacked.theta.grad[k], stacked.bias.grad[k]]
+        for got, expected in zip(stacked_grads, (p.grad for p in trainable), strict=True):
+            torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-3)
+    fp32(x, y, gates)
+    reference = twin
+    first = stacked.weights[0] if kind == "mlp" else stacked.theta
+    first_fp32 = reference.weights[0] if kind == "mlp" else reference.theta
+    assert not torch.equal(first.grad, first_fp32.grad)  # the products really ran in bf16
+    torch.testing.assert_close(first.grad, first_fp32.grad, rtol=0.1, atol=2e-2)
