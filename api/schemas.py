@@ -362,8 +362,8 @@ class HalvingIn(In):
 
     eta: int = Field(2, ge=2, le=8, description="Keep the best 1/eta of the heads at each rung.")
     first_rung: int | None = Field(None, ge=1, le=10_000, description="Epochs before the first cut; "
-                                   "omitted: each kind's patience (the adapted `structural.patience` for "
-                                   "GLAI, `baseline.patience` for the MLP).")
+                                   "omitted: half each kind's adapted patience, rounded up "
+                                   "(`structural.patience` for GLAI, `baseline.patience` for the MLP).")
 
 
 class SweepIn(In):

@@ -13,14 +13,17 @@ The price is ASHA's: a head that starts slowly (a small learning rate) can be cu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Halving:
-    """``eta``: keep 1/eta at each rung; ``first_rung``: epochs before the first cut (None: the kind's
-    patience, the horizon its own early stopping already judges progress over)."""
+    """``eta``: keep 1/eta at each rung; ``first_rung``: epochs before the first cut (None: half the
+    kind's adapted patience, rounded up; measured in ``bench.sweep``: at the whole patience the MLP's
+    first rung on tweets came at 5 of one head's 13 epochs and eight heads cost 3.6x one head, at half
+    every task stayed under 3x and the best finished head matched or beat one head on 7 of 8)."""
 
     eta: int = 2
     first_rung: int | None = None
@@ -39,7 +42,9 @@ class Halving:
                    else int(spec["first_rung"]))
 
     def first(self, patience: int | None) -> int:
-        return max(1, int(self.first_rung if self.first_rung is not None else (patience or 4)))
+        if self.first_rung is not None:
+            return self.first_rung
+        return max(1, math.ceil((patience or 4) / 2))
 
     def is_rung(self, epoch: int, patience: int | None) -> bool:
         """Whether the pass's ``epoch`` (1-based) is a rung: first, first*eta, first*eta**2, ..."""

@@ -139,7 +139,7 @@ def test_the_sweeps_phase2_follows_what_a_job_would_run(n: int, d: int, hidden: 
 def test_rungs_are_first_times_powers_of_eta_and_the_cut_keeps_the_best_share() -> None:
     halving = Halving(eta=2, first_rung=3)
     assert [e for e in range(1, 30) if halving.is_rung(e, patience=9)] == [3, 6, 12, 24]
-    assert [e for e in range(1, 20) if Halving(eta=3).is_rung(e, patience=2)] == [2, 6, 18]  # patience
+    assert [e for e in range(1, 20) if Halving(eta=3).is_rung(e, patience=3)] == [2, 6, 18]  # half of it
     scores = {0: (0.9, 0.3), 1: (0.95, 0.2), 2: (0.9, 0.25), 3: (0.5, 1.0), 4: (0.7, 0.9)}
     assert cut(scores, 2) == {1, 2}  # 5 // 2 heads: the best accuracy, then the lower loss breaks the tie
     assert cut(scores, 8) == {1}  # never fewer than one
