@@ -34,13 +34,16 @@ def _jobs(seeded) -> dict[str, str]:  # type: ignore[no-untyped-def]
                          "merged_val_accuracy": 0.96, "source_val_accuracy": 0.94}]}})
         heads = [{"id": i, "kind": kind, "lr": lr, "reduction_factor": "auto" if kind == "glai" else None,
                   "seed": 0, "hidden": [30] if kind == "glai" else [256], "params": 19_000 + i,
-                  "val_accuracy": 0.9 + i / 100, "seconds": 1.0 + i, "epochs": {}, "stopped_by": {}}
+                  "val_accuracy": 0.9 + i / 100, "seconds": 1.0 + i, "epochs": {}, "stopped_by": {},
+                  "pruned_at": 3 if i == 2 else None}
                  for i, (kind, lr) in enumerate([("glai", 1e-3), ("glai", 3e-3), ("mlp", 1e-3), ("mlp",
                                                                                                  3e-3)])]
         sweep = Job(owner=seeded.owner, dataset_id=parent.dataset_id, state="succeeded", progress=1.0,
                     time_limit_s=60, spec={"config": {}, "sweep": {"lr": [1e-3, 3e-3]}},
                     summary={"sweep": {"heads": heads, "front": {"glai": [0, 1], "mlp": [3]},
-                                       "best": {"glai": 1, "mlp": 3}}})
+                                       "best": {"glai": 1, "mlp": 3},
+                                       "halving": {"eta": 2, "first_rung": {"glai": 3, "mlp": 3},
+                                                   "rungs": []}}})
         session.add_all([child, merge, sweep])
         session.commit()
         ids = {"parent": parent.id, "child": child.id, "merge": merge.id, "sweep": sweep.id}
@@ -79,6 +82,8 @@ def test_lineage_card_links_parents_children_merges_and_sweeps(server, page, scr
     rows = card.locator("table.lineage-table tbody tr")
     assert rows.count() == 4
     assert rows.nth(1).locator("td").last.inner_text() == "★•"  # the best GLAI head, on the front
-    assert rows.nth(2).locator("td").last.inner_text() == ""
+    assert rows.nth(2).locator("td").last.inner_text() == "✂ 3"  # cut by halving at epoch 3
+    assert rows.nth(0).locator("td").last.inner_text() == "•"
+    assert "successive halving" in card.inner_text()
     page.screenshot(path=str(screenshots / "lineage-sweep.png"), full_page=True)
     assert page.errors == [], page.errors
