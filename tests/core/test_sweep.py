@@ -176,3 +176,15 @@ def test_halving_cuts_the_weaker_heads_at_each_rung_and_keeps_finished_ones(digi
     assert isinstance(result.glai, GLAIBlock)
     trained = [e.metrics["heads_training"] for e in hooks.events if e.phase == "baseline"]
     assert trained[0] == 8 and min(trained) <= 2
+
+
+def test_halving_ranks_heads_across_widths_and_fits_only_the_survivors(digits: LoadedData) -> None:
+    """Heads of two widths train in two stacks; a rung ranks them together and cuts in both."""
+    sweep = {"lr": [1e-3, 1e-2], "reduction_factor": ["auto", 2.0], "halving": {"eta": 2, "first_rung": 1}}
+    result = run_sweep(digits, _config(), sweep, RecordingHooks(), kinds=("glai",))
+    rungs = result.summary["sweep"]["halving"]["rungs"]
+    assert [(r["epoch"], r["ranked"], len(r["kept"])) for r in rungs[:2]] == [(1, 4, 2), (2, 2, 1)]
+    widths = {h.head.hidden for h in result.heads if h.pruned_at is not None}
+    assert len({h.head.hidden for h in result.heads}) == 2 and widths  # the cut reaches the stacks
+    fitted = [h for h in result.heads if "quantitative" in h.epochs]
+    assert len(fitted) == 1 and fitted[0].finished and fitted[0].model is result.glai
