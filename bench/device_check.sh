@@ -215,8 +215,9 @@ if [[ $RUN_BENCH -eq 1 ]]; then
         --tasks "${TASKS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
     step gpu_budget "$T_BUDGET" "$PY" -m bench.gpu_budget --device "$DEV" --markdown \
         ${BUDGET_EXTRA[@]+"${BUDGET_EXTRA[@]}"}
-    # issue 17: K=8 heads against one head, where one head leaves the device idle (bar: about 1x)
-    step sweep "$T_SWEEP" "$PY" -m bench.sweep --device "$DEV" --tasks digits,mnist-5k --repeats 3
+    # issue 17: K=8 heads against one head, where one head leaves the device idle (bar: about 1x); the
+    # whole grid only (--halving 0), so the step keeps its time
+    step sweep "$T_SWEEP" "$PY" -m bench.sweep --device "$DEV" --tasks digits,mnist-5k --repeats 3 --halving 0
 else
     echo "=== glai_vs_mlp: skipped (cuda=$CUDA, tasks: ${TASKS[*]:-none})" | tee "$OUT/glai_vs_mlp.log"
     SUMMARY+=("glai_vs_mlp skipped")
