@@ -108,8 +108,9 @@ def main() -> None:
                 rows.append(row)
                 print(line, flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-    print(f"(bar: K=8 heads <= {TIME_BAR:.0f}x one head's wall time; 'halved': the same K heads under "
-          f"successive halving, eta {args.halving}, best of the heads that finished)")
+    print(f"(bar: K=8 heads <= {TIME_BAR:.0f}x one head's wall time"
+          + (f"; 'halved': the same K heads under successive halving, eta {args.halving}, best of the heads "
+             "that finished)" if args.halving else ")"))
     print(f"{'task':10s} {'kind':4s} {'one s':>7s} {'K':>2s} {'K s':>7s} {'ratio':>6s} {'one acc':>8s} "
           f"{'best of K':>9s}  bar"
           + (f" | {'halved s':>8s} {'ratio':>6s} {'best':>7s} {'cut':>4s}  bar" if args.halving else ""))
