@@ -3,7 +3,8 @@
 A stacked step through autograd records a graph per step and allocates every gradient; for the common
 one-hidden-layer heads the forward, the cross-entropy gradient and the backward are a few products, so
 ``StackedStep`` computes them straight into gradient buffers kept for the phase, then runs the stacked
-Adam. The gradients are autograd's (tested against it); deeper heads take ``AutogradStackedStep``.
+Adam. The gradients are autograd's (tested against it); deeper heads take ``AutogradStackedStep``
+(under autocast in a bf16 job, as their own job's ``AutogradStep``).
 
 * MLP heads (``StackedMLP``): the first layer is one GEMM of the shared batch against every head's units,
   (batch, d) x (d, K h); the output layer and its gradients are ``bmm`` over the head axis.
@@ -89,19 +90,23 @@ class StackedStep:
 
 
 class AutogradStackedStep:
-    """The reference: stacked forward, per-head mean cross-entropy, autograd, stacked Adam."""
+    """The reference: stacked forward (under autocast with ``autocast``, as a deep head's own job),
+    per-head mean cross-entropy, autograd, stacked Adam."""
 
-    def __init__(self, model: StackedMLP | StackedGLAI, optimizer: StackedAdam) -> None:
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: StackedMLP | StackedGLAI, optimizer: StackedAdam,
+                 autocast: torch.dtype | None = None) -> None:
+        self.model, self.optimizer, self.autocast = model, optimizer, autocast
 
     def __call__(self, x: Tensor, y: Tensor, gates: list[Tensor] | None) -> Tensor:
         self.optimizer.zero_grad()
-        if isinstance(self.model, StackedGLAI):
-            assert gates is not None
-            logits = self.model(x, gates)
-        else:
-            logits = self.model(x)
-        losses = head_losses(logits, y)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            if isinstance(self.model, StackedGLAI):
+                assert gates is not None
+                logits = self.model(x, gates)
+            else:
+                logits = self.model(x)
+        losses = head_losses(logits.float(), y)
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach() * y.shape[0]
@@ -113,11 +118,10 @@ def supports(model: StackedMLP | StackedGLAI) -> bool:
 
 def make_stacked_step(model: StackedMLP | StackedGLAI, optimizer: StackedAdam,
                       compute_dtype: torch.dtype | None = None) -> StackedStep | AutogradStackedStep:
-    """The hand-written step where it applies (bf16 products with ``compute_dtype``), else autograd's in
-    fp32."""
+    """The hand-written step where it applies, else autograd's; ``compute_dtype`` bf16: bf16 products."""
     if supports(model):
         return StackedStep(model, optimizer, compute_dtype)
-    return AutogradStackedStep(model, optimizer)
+    return AutogradStackedStep(model, optimizer, compute_dtype)
 
 
 def _into(out: Tensor, product: Tensor) -> None:

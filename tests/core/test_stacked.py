@@ -159,3 +159,25 @@ def test_the_bf16_stacked_step_is_each_heads_own_bf16_step(kind: str) -> None:
     torch.testing.assert_close(step(x, y, None if gates is None else [g[1:] for g in gates])[0],
                                HandWrittenStep(heads[1], torch.bfloat16)(x, y, own_gates[1], _Frozen()),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_deep_stacked_heads_step_under_autocast_in_a_bf16_job() -> None:
+    """Two hidden layers take autograd's step; with bf16 it runs under autocast, as a deep head's job's
+    ``AutogradStep``: the same update up to bf16 rounding, and not fp32's."""
+    from glai_core.steps import AutogradStep
+
+    torch.manual_seed(6)
+    structures = init_heads(40, [[36, 30], [36, 30]], 3, [0, 1])
+    x, y = torch.randn(32, 40), torch.randint(0, 3, (32,))
+    stacked, twin = StackedMLP.from_heads(structures), StackedMLP.from_heads(structures)
+    step = make_stacked_step(stacked, StackedAdam(list(stacked.parameters()), [1e-2, 1e-2]), torch.bfloat16)
+    fp32 = make_stacked_step(twin, StackedAdam(list(twin.parameters()), [1e-2, 1e-2]))
+    assert isinstance(step, AutogradStackedStep) and step.autocast == torch.bfloat16
+    step(x, y, None)
+    fp32(x, y, None)
+    own = StructuralMLP(40, [36, 30], 3)
+    own.load_state_dict(structures[1].state_dict())
+    AutogradStep(own, torch.bfloat16)(x, y, None, torch.optim.Adam(own.parameters(), lr=1e-2))
+    for got, expected in zip(stacked.head(1).parameters(), own.parameters(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(stacked.weights[0].grad, twin.weights[0].grad)
