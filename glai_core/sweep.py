@@ -508,7 +508,8 @@ class _Race:
         if self.halving is None:
             return None
         return {"eta": self.halving.eta,
-                "first_rung": {kind: self.halving.first(p) for kind, p in self.patience.items()},
+                "first_rung": {kind: self.halving.first(p) for kind, p in self.patience.items()
+                               if any(r.head.kind == kind for r in self.results.values())},
                 "rungs": self.rungs,
                 "how": "at each rung (epochs of the shared pass: first_rung x eta^i) a kind's heads still in "
                        "the race are ranked by validation accuracy; the top 1/eta go on"}

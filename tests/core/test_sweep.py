@@ -183,6 +183,7 @@ def test_halving_ranks_heads_across_widths_and_fits_only_the_survivors(digits: L
     sweep = {"lr": [1e-3, 1e-2], "reduction_factor": ["auto", 2.0], "halving": {"eta": 2, "first_rung": 1}}
     result = run_sweep(digits, _config(), sweep, RecordingHooks(), kinds=("glai",))
     rungs = result.summary["sweep"]["halving"]["rungs"]
+    assert result.summary["sweep"]["halving"]["first_rung"] == {"glai": 1}  # no MLP heads, no MLP rung
     assert [(r["epoch"], r["ranked"], len(r["kept"])) for r in rungs[:2]] == [(1, 4, 2), (2, 2, 1)]
     widths = {h.head.hidden for h in result.heads if h.pruned_at is not None}
     assert len({h.head.hidden for h in result.heads}) == 2 and widths  # the cut reaches the stacks
