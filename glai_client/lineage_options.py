@@ -23,8 +23,8 @@ def sweep_values(items: list[str]) -> dict[str, Any]:
             try:
                 grid[key] = {"eta": int(text)}
             except ValueError:
-                raise BadInput(f"--sweep halving: {text!r} must be a whole number (eta, the share cut at "
-                               "each rung), e.g. halving=2") from None
+                raise BadInput(f"--sweep halving: {text!r} must be a whole number (eta: 1/eta of the heads "
+                               "go on at each rung), e.g. halving=2") from None
             continue
         if not sep or key not in SWEEP_KEYS:
             raise BadInput(f"--sweep: {item!r}: give KEY=V1,V2 with KEY one of {', '.join(SWEEP_KEYS)} "
