@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from glai_core.stacked import StackedAdam, StackedGLAI, StackedMLP, head_losses
-from glai_core.steps import SMALL_LAYER
+from glai_core.steps import SMALL_LAYER, product_into
 
 
 def _cross_entropy(out: Tensor, y: Tensor, batch: int) -> tuple[Tensor, Tensor]:
@@ -124,12 +124,6 @@ def make_stacked_step(model: StackedMLP | StackedGLAI, optimizer: StackedAdam,
     return AutogradStackedStep(model, optimizer, compute_dtype)
 
 
-def _into(out: Tensor, product: Tensor) -> None:
-    """A gradient product into its fp32 buffer (a bf16 one rounded first, as autocast's backward)."""
-    if product.data_ptr() != out.data_ptr():
-        out.copy_(product)
-
-
 def _mlp_step(model: StackedMLP, x: Tensor, y: Tensor, weights: list[Tensor] | None) -> Tensor:
     """Each layer computes in its weights' dtype (``weights``: the step's copies; None: fp32)."""
     w1, w2 = model.weights[0], model.weights[1]
@@ -143,18 +137,11 @@ def _mlp_step(model: StackedMLP, x: Tensor, y: Tensor, weights: list[Tensor] | N
     out = torch.baddbmm(cb2.unsqueeze(1), per_head, c2.transpose(1, 2))  # (K, batch, m)
     picked, grad = _cross_entropy(out.float(), y, batch)
     grad = grad.to(c2.dtype)
-    if grad.dtype == w2.dtype:
-        torch.bmm(grad.transpose(1, 2), per_head, out=w2.grad)  # type: ignore[arg-type]
-    else:
-        _into(w2.grad, torch.bmm(grad.transpose(1, 2), per_head))  # type: ignore[arg-type]
+    product_into(w2.grad, grad.transpose(1, 2), per_head, torch.bmm)  # type: ignore[arg-type]
     torch.sum(grad, dim=1, dtype=b2.dtype, out=b2.grad)  # type: ignore[arg-type]
     back = torch.bmm(grad, c2).transpose(0, 1).reshape(batch, k * h).to(hidden.dtype)  # (batch, K h)
     back = torch.ops.aten.threshold_backward(back, hidden, 0.0)
-    flat_grad = w1.grad.view(k * h, d)  # type: ignore[union-attr]
-    if back.dtype == flat_grad.dtype:
-        torch.mm(back.T, x, out=flat_grad)
-    else:
-        _into(flat_grad, torch.mm(back.T, x))
+    product_into(w1.grad.view(k * h, d), back.T, x)  # type: ignore[union-attr]
     torch.sum(back, dim=0, dtype=b1.dtype, out=b1.grad.view(-1))  # type: ignore[union-attr]
     return -picked.sum(dim=1)
 
@@ -176,11 +163,7 @@ def _glai_step(model: StackedGLAI, x: Tensor, y: Tensor, gate: Tensor,
     out = (u * g).sum(dim=-1).add_(model.bias)  # (batch, K, m)
     picked, grad = _cross_entropy(out, y[:, None], batch)
     path_grad = (grad.unsqueeze(-1) * g).view(batch, k * m * h).to(x1.dtype)
-    flat_grad = model.theta.grad.view(k * m * h, width)  # type: ignore[union-attr]
-    if path_grad.dtype == flat_grad.dtype:
-        torch.mm(path_grad.T, x1, out=flat_grad)
-    else:
-        _into(flat_grad, torch.mm(path_grad.T, x1))
+    product_into(model.theta.grad.view(k * m * h, width), path_grad.T, x1)  # type: ignore[union-attr]
     torch.sum(grad, dim=0, out=model.bias.grad)  # type: ignore[arg-type]
     return -picked.sum(dim=0)
 

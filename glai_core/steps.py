@@ -16,6 +16,8 @@ runs the matrix products in bf16 and takes the loss and its gradient in fp32. On
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -144,13 +146,13 @@ def _cross_entropy_grad(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return loss, grad.mul_(1.0 / y.shape[0])
 
 
-def _mm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """out = a @ b; a bf16 product is rounded to bf16 and then widened into the fp32 buffer, as autograd
-    does under autocast."""
+def product_into(out: Tensor, a: Tensor, b: Tensor, product: Callable[..., Tensor] = torch.mm) -> None:
+    """out = product(a, b) (``torch.mm`` or ``torch.bmm``); a bf16 product is rounded to bf16 and then
+    widened into the fp32 buffer, as autograd does under autocast."""
     if out.dtype == a.dtype:
-        torch.mm(a, b, out=out)
+        product(a, b, out=out)
     else:
-        out.copy_(torch.mm(a, b))
+        out.copy_(product(a, b))
 
 
 def _sum_into(out: Tensor, grad: Tensor) -> None:
@@ -172,7 +174,7 @@ def _mlp_step(model: StructuralMLP, x: Tensor, y: Tensor, weights: list[Tensor])
     for index in range(len(layers) - 1, -1, -1):
         layer, a_in, weight = layers[index], inputs[index], pairs[index][0]
         grad = grad.to(weight.dtype)
-        _mm_into(layer.weight.grad, grad.T, a_in)
+        product_into(layer.weight.grad, grad.T, a_in)
         _sum_into(layer.bias.grad, grad)
         if index > 0:  # no gradient for the data; ReLU's backward is autograd's own kernel (one pass)
             grad = torch.ops.aten.threshold_backward(torch.mm(grad, weight), a_in, 0.0)
@@ -196,7 +198,7 @@ def _glai_step(block: GLAIBlock, x: Tensor, y: Tensor, gate: Tensor, weights: li
     grad = grad.contiguous()  # (batch, m) rows, so the outer product below views as (batch, m h)
     path_grad = (grad.unsqueeze(2) * gate.unsqueeze(1)).view(batch, m * h).to(x.dtype)
     flat_grad = block.theta.grad.view(m * h, d + 1)
-    _mm_into(flat_grad[:, :-1], path_grad.T, x)
+    product_into(flat_grad[:, :-1], path_grad.T, x)
     _sum_into(flat_grad[:, -1], path_grad)
     torch.sum(grad, dim=0, out=block.bias.grad)
     return loss

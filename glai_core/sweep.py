@@ -240,13 +240,7 @@ class _Group:
                 continue
             restore = self.rules.restore == "always" or (self.rules.restore == "patience"
                                                          and stopped == "patience")
-            if restore and self.best_state[k] is not None:
-                self._load(k, self.best_state[k])
-            best_acc, best_loss, _ = self.best[k]
-            self.finished.append((head, export(self.model, k), {
-                "epochs": self.epoch, "stopped_by": stopped, "seconds": seconds,
-                "val_accuracy": best_acc if restore else acc,
-                "val_loss": best_loss if restore else val_loss}))
+            self._retire(k, stopped, restore, (acc, val_loss), seconds, export)
         if len(keep) < len(self.heads):
             self._keep(keep)
         return metrics
@@ -259,17 +253,23 @@ class _Group:
         """Stop the training heads in ``ids`` (a halving rung cut them), each at its best weights."""
         keep: list[int] = []
         for k, head in enumerate(self.heads):
-            if head.id not in ids:
+            if head.id in ids:
+                self._retire(k, "halving", True, self.best[k][:2], seconds, export)
+            else:
                 keep.append(k)
-                continue
-            if self.best_state[k] is not None:
-                self._load(k, self.best_state[k])
-            best_acc, best_loss, _ = self.best[k]
-            self.finished.append((head, export(self.model, k), {
-                "epochs": self.epoch, "stopped_by": "halving", "seconds": seconds,
-                "val_accuracy": best_acc, "val_loss": best_loss}))
         if len(keep) < len(self.heads):
             self._keep(keep)
+
+    def _retire(self, k: int, stopped: str, restore: bool, current: tuple[float, float], seconds: float,
+                export: Any) -> None:
+        """Head ``k`` is done: at its best weights when ``restore`` (scored there), else as it is
+        (scored ``current``); its model goes to ``finished``. The caller drops it from the stack."""
+        if restore and self.best_state[k] is not None:
+            self._load(k, self.best_state[k])
+        accuracy, loss = self.best[k][:2] if restore else current
+        self.finished.append((self.heads[k], export(self.model, k), {
+            "epochs": self.epoch, "stopped_by": stopped, "seconds": seconds,
+            "val_accuracy": accuracy, "val_loss": loss}))
 
     def _rules(self, k: int, acc: float, loss: float, rate: float | None) -> str | None:
         best_acc, best_loss, _ = self.best[k]
@@ -441,7 +441,8 @@ def run_sweep(data: LoadedData, config: TrainConfig, sweep: dict[str, Any], hook
                 hooks.on_phase_end(STRUCTURAL, {"heads": float(len(glai_heads)), "seconds": seconds})
                 hooks.on_phase_start(QUANTITATIVE)
                 fitted = [h for h in glai_heads if race.still_in(h.id)]
-                phase2 = _phase2(fitted, structures, results, train, val, config, device, hooks, started)
+                phase2 = _phase2(fitted, structures, results, train, val, config, device, hooks, started,
+                                 autocast)
                 groups += phase2.pop("groups")
                 if not phase2["groups_added"]:
                     hooks.on_phase_end(QUANTITATIVE, {"heads": float(len(fitted)),
@@ -545,9 +546,10 @@ def phase2_method(n: int, n_val: int, d: int, hidden: list[int], m: int, q_cfg: 
 
 def _phase2(heads: list[Head], structures: dict[int, StructuralMLP], results: dict[int, HeadResult],
             train: DeviceSet, val: DeviceSet, config: TrainConfig, device: torch.device, hooks: Hooks,
-            started: float) -> dict[str, Any]:
+            started: float, autocast: torch.dtype | None) -> dict[str, Any]:
     """Every GLAI head's phase 2, warm-started from its S: the batched closed form now, or first-order
-    groups that join the shared pass. Returns the method and the groups to add."""
+    groups (stepping in ``autocast``, the job's precision) that join the shared pass. Returns the method
+    and the groups to add."""
     q_cfg = config.quantitative
     widest = [max(h.hidden[level] for h in heads) for level in range(len(heads[0].hidden))]
     method = phase2_method(len(train), len(val), train.x.shape[1], widest,
@@ -566,7 +568,7 @@ def _phase2(heads: list[Head], structures: dict[int, StructuralMLP], results: di
             out["groups"].append(_Group(QUANTITATIVE, model, members, [q_cfg.lr] * len(members), rules, val,
                                         gates=gates, start=list(zip(accuracy.tolist(), loss.tolist(),
                                                                     strict=True)),
-                                        compute_dtype=resolve_precision(config.precision, device)))
+                                        compute_dtype=autocast))
             out["groups_added"] = True
             continue
         dims = [glai_trainable_count(b.in_features, b.hidden,
