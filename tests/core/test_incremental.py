@@ -281,17 +281,22 @@ def test_modes_are_chosen_from_what_the_parent_kept() -> None:
     # ...and not where they are missing or of another structure.
     assert chosen("auto", "ridge", None, "abc").mode == "refit"
     assert chosen("auto", "ridge", sums, "other").mode == "refit"
-    # A first-order phase 2 on the union or the closed form from the new rows: the cheaper one. Few path
-    # weights and many rows: the statistics; a wide block (D = 64 * 512 + 1) on few rows: L-BFGS.
+    # A first-order phase 2 on the union, or the squared-loss closed form from the new rows where that is
+    # several times cheaper. Few path weights and many rows: the statistics; a wide block
+    # (D = 64 * 512 + 1) on few rows: L-BFGS.
     cheap = plan("auto", QuantitativeConfig(solver="lbfgs"), sums, "abc", n_new=20000, n_union=40000,
                  n_val=10000, d=8, hidden=[4], m=2)
     assert (cheap.mode, cheap.solver) == ("statistics", "statistics") and "cheaper" in cheap.why
     wide = plan("auto", QuantitativeConfig(solver="lbfgs"), sums, "abc", n_new=200, n_union=400, n_val=100,
                 d=64, hidden=[512], m=10)
-    assert (wide.mode, wide.solver) == ("refit", "lbfgs") and "cheaper" in wide.why
+    assert (wide.mode, wide.solver) == ("refit", "lbfgs") and "cross-entropy" in wide.why
     resolved = plan("auto", QuantitativeConfig(), sums, "abc", n_new=200, n_union=400, n_val=100, d=64,
                     hidden=[512], m=10)
     assert resolved.mode == "refit" and resolved.solver in ("lbfgs", "adam")
+    # storms' shape: the statistics are cheaper, but not by STATISTICS_ADVANTAGE, so L-BFGS refits.
+    storms = plan("auto", QuantitativeConfig(), sums, "abc", n_new=6250, n_union=12503, n_val=3125, d=8,
+                  hidden=[57], m=9)
+    assert (storms.mode, storms.solver) == ("refit", "lbfgs") and "at most 4x" in storms.why
     assert chosen("refit", "ridge", sums, "abc").mode == "refit"
     assert chosen("statistics", "lbfgs", sums, "abc").mode == "statistics"
     with pytest.raises(ValueError, match="no sufficient statistics"):
@@ -308,3 +313,24 @@ def test_splits_reproduce_the_root_jobs_hold_out(digits: LoadedData) -> None:
     assert np.array_equal(train, expected[0]) and np.array_equal(val, expected[1])
     appended_train, appended_val = split(digits, Part("x", seed=3, validation_fraction=0.25, skip_rows=450))
     assert appended_train.min() >= 450 and appended_val.min() >= 450
+
+
+def test_a_child_refits_with_lbfgs_unless_it_is_much_dearer_than_adam() -> None:
+    from glai_core.config import QuantitativeConfig
+    from glai_core.cost_model import CHILD_LBFGS_FACTOR, choose_child_solver, choose_phase2, phase2_seconds
+    from glai_core.defaults import quantitative_settings
+
+    def costs(n: int, d: int, hidden: list[int], m: int) -> tuple[str, str, float]:
+        cfg = quantitative_settings(QuantitativeConfig(), n)
+        est = phase2_seconds(n, n // 4, d, hidden, m, cfg)
+        child = choose_child_solver(n, n // 4, d, hidden, m, cfg)
+        return choose_phase2(n, n // 4, d, hidden, m, cfg)[0], child, est["lbfgs"] / est["adam"]
+
+    # storms: a fresh job's phase 2 is Adam after the closed form; a child from fitted weights takes L-BFGS.
+    fresh, child, ratio = costs(12503, 8, [57], 9)
+    assert fresh == "ridge+adam" and child == "lbfgs" and 1 < ratio <= CHILD_LBFGS_FACTOR
+    # mnist-5k's shape: L-BFGS's passes over D = 785 * 26 path weights cost well over twice Adam's epochs.
+    fresh, child, ratio = costs(3200, 784, [26], 10)
+    assert child == "adam" and ratio > CHILD_LBFGS_FACTOR
+    # A solver the job names is kept.
+    assert choose_child_solver(3200, 800, 8, [57], 9, QuantitativeConfig(solver="adam")) == "adam"
