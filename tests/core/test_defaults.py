@@ -51,6 +51,8 @@ def test_a_childs_phase2_budget_is_a_share_of_the_fresh_one_by_the_new_rows() ->
     few = child_settings(QuantitativeConfig(), 10, 3_200)
     assert few.lbfgs_iterations == RULES.min_child_lbfgs_iterations
     assert (half.batch_size, half.patience) == (fresh.batch_size, fresh.patience)  # as the fresh job's
+    assert (fresh.lbfgs_patience, half.lbfgs_patience) == (3, RULES.child_lbfgs_patience) == (3, 2)
+    assert "parent's fit" in chosen["quantitative.lbfgs_patience"]
     assert child_settings(QuantitativeConfig(), 100, 3_200).epochs == RULES.min_child_epochs
     given = QuantitativeConfig(epochs=20)
     assert child_settings(given, 1_600, 3_200).epochs == 20  # an explicit budget is kept
