@@ -5,8 +5,6 @@ scripts (fail, succeed, or hold the request until the test lets it go)."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import threading
 import uuid
@@ -16,48 +14,43 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from glai_common.db import make_engine
 from glai_common.migrate import upgrade
 from glai_common.queue import TASK_RUN_JOB, make_celery, routed_enqueue
 from glai_common.settings import Settings
-from tests.worker.harness import REPO_ROOT, Backend
+from tests.reliability.harness import RedisServer
+from tests.worker.harness import Backend, LoggedProcess
 
 
-class GlaiWorker:
+class GlaiWorker(LoggedProcess):
     """``glai worker --queues ...`` (the CLI, which execs Celery) with its output in a file."""
+
+    stop_grace_s = 5.0
 
     def __init__(self, backend: Backend, log_path: Path, queues: str | None = None, cpu: bool = False,
                  env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "glai_client.cli", "worker", "--name",
                    f"test-{uuid.uuid4().hex[:8]}"]
         if queues is not None:
             command += ["--queues", queues]
         if cpu:
             command.append("--cpu")
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env={**backend.env(), **(env or {})},
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(command, {**backend.env(), **(env or {})}, log_path)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+def fleet_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The deployment a ``params=["sqlite", "redis-postgres"]`` fixture asks for: the embedded defaults, or
+    PostgreSQL with a private Redis (the shared one may carry other test runs' workers and messages)."""
+    if request.param == "sqlite":
+        return Backend(f"sqlite:///{tmp_path / 'glai.db'}", f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+                       tmp_path)
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    request.addfinalizer(redis.stop)
+    return Backend(request.getfixturevalue("postgres_url"), redis.url, tmp_path)
 
 
 class Fleet:

@@ -50,30 +50,29 @@ class Backend:
         return env
 
 
-class WorkerProcess:
-    """``celery -A worker.celery_app worker --pool solo --concurrency 1 -Q glai`` with output in a file."""
+class LoggedProcess:
+    """A subprocess in a session of its own, its output in a file. ``stop`` is SIGTERM (a warm shutdown)
+    and SIGKILL after ``stop_grace_s``; ``kill`` is SIGKILL at once: no cleanup at all, as when a machine
+    dies."""
 
-    def __init__(self, backend: Backend, log_path: Path, pool: str = "solo") -> None:
+    stop_grace_s = 1.0
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", pool,
-                   "--concurrency", "1", "-Q", "glai", "--loglevel", "INFO", "-n",
-                   f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
-                   "--without-heartbeat"]
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=backend.env(), stdout=self._log,
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup at all, as when a machine dies."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown; the job is final by now
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(1)
+                self.proc.wait(self.stop_grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(10)
@@ -81,6 +80,17 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+
+class WorkerProcess(LoggedProcess):
+    """``celery -A worker.celery_app worker --pool solo --concurrency 1 -Q glai`` with output in a file."""
+
+    def __init__(self, backend: Backend, log_path: Path, pool: str = "solo") -> None:
+        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", pool,
+                   "--concurrency", "1", "-Q", "glai", "--loglevel", "INFO", "-n",
+                   f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+                   "--without-heartbeat"]
+        super().__init__(command, backend.env(), log_path)
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float, what: str,

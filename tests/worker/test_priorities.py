@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from glai_common import jobs
-from tests.reliability.harness import RedisServer
-from tests.worker.fleet import Fleet, set_job, until
-from tests.worker.harness import Backend, insert_digits_job, job_state, tiny_config
+from tests.worker.fleet import Fleet, fleet_backend, set_job, until
+from tests.worker.harness import insert_digits_job, job_state, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 QUICK = tiny_config(pruning={"enabled": False}, baseline={"enabled": False})
@@ -23,14 +22,7 @@ QUICK = tiny_config(pruning={"enabled": False}, baseline={"enabled": False})
 
 @pytest.fixture(params=["sqlite", "redis-postgres"])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
-    if request.param == "sqlite":
-        backend = Backend(f"sqlite:///{tmp_path / 'glai.db'}", f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-                          tmp_path)
-    else:  # a private Redis: the shared one may carry other test runs' workers and messages
-        redis = RedisServer(tmp_path / "redis")
-        redis.start()
-        request.addfinalizer(redis.stop)
-        backend = Backend(request.getfixturevalue("postgres_url"), redis.url, tmp_path)
+    backend = fleet_backend(request, tmp_path)
     backend.extra_env["GLAI_QUEUES"] = "glai,cpu"
     deployment = Fleet(backend)
     yield deployment

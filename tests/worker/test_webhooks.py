@@ -24,9 +24,8 @@ from sqlalchemy import func, select
 from glai_common import webhooks
 from glai_common.jobs import request_cancel
 from glai_common.models import Job, WebhookDelivery
-from tests.reliability.harness import RedisServer
-from tests.worker.fleet import Fleet, Receiver, set_job, until
-from tests.worker.harness import Backend, insert_digits_job, job_state, tiny_config
+from tests.worker.fleet import Fleet, Receiver, fleet_backend, set_job, until
+from tests.worker.harness import insert_digits_job, job_state, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -36,14 +35,7 @@ FAST = {"webhook_allow_private": "true", "webhook_retry_base_s": "0.5", "webhook
 
 @pytest.fixture(params=["sqlite", "redis-postgres"])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
-    if request.param == "sqlite":
-        backend = Backend(f"sqlite:///{tmp_path / 'glai.db'}", f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-                          tmp_path)
-    else:  # a private Redis: the shared one may carry other test runs' workers and messages
-        redis = RedisServer(tmp_path / "redis")
-        redis.start()
-        request.addfinalizer(redis.stop)
-        backend = Backend(request.getfixturevalue("postgres_url"), redis.url, tmp_path)
+    backend = fleet_backend(request, tmp_path)
     backend.extra_env.update({f"GLAI_{k.upper()}": v for k, v in FAST.items()})
     deployment = Fleet(backend)
     yield deployment
