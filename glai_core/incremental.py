@@ -152,7 +152,8 @@ def plan(requested: str, cfg: QuantitativeConfig, parent_statistics: stats_lib.S
     if solver != "ridge":  # cross-entropy on every row, or the closed form from the new rows: the cheaper
         speed = DEVICE_SPEEDS.get(device, DEVICE_SPEEDS["cpu"])
         statistics_s = 2 * from_statistics / speed.flops_per_s  # 2 flops per multiply-add, as phase2_seconds
-        refit_s = phase2_seconds(n_union, n_val, d, hidden, m, cfg, device)[solver]
+        estimates = phase2_seconds(n_union, n_val, d, hidden, m, cfg, device)
+        refit_s = sum(float(estimates[part]) for part in solver.split("+"))  # "ridge+lbfgs": both parts
         if refit_s <= STATISTICS_ADVANTAGE * statistics_s:
             return Plan("refit", f"{solver} on the union from the parent's weights (~{refit_s:.2g} s) fits "
                                  f"the job's cross-entropy and costs at most {STATISTICS_ADVANTAGE:g}x the "

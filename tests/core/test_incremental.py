@@ -293,6 +293,11 @@ def test_modes_are_chosen_from_what_the_parent_kept() -> None:
     resolved = plan("auto", QuantitativeConfig(), sums, "abc", n_new=200, n_union=400, n_val=100, d=64,
                     hidden=[512], m=10)
     assert resolved.mode == "refit" and resolved.solver in ("lbfgs", "adam")
+    # A job that names the closed form and then a first-order method refits with both, at the cost of both.
+    named = plan("auto", QuantitativeConfig(solver="ridge+lbfgs"), sums, "abc", n_new=200, n_union=400,
+                 n_val=100, d=64, hidden=[512], m=10)
+    assert (named.mode, named.solver) == ("refit", "ridge+lbfgs")
+    assert chosen("auto", "ridge+adam", sums, "abc").mode in ("refit", "statistics")
     # storms' shape: the statistics are cheaper, but not by STATISTICS_ADVANTAGE, so L-BFGS refits.
     storms = plan("auto", QuantitativeConfig(), sums, "abc", n_new=6250, n_union=12503, n_val=3125, d=8,
                   hidden=[57], m=9)
